@@ -1,0 +1,129 @@
+"""Backend registry: one small, closed set of hot-loop primitives, several implementations.
+
+The ops in ``nanollm.ops`` never compute a softmax or a layernorm themselves; they call
+``current().<primitive>(...)``. A backend is one module that defines every name in
+``PRIMITIVES``; ``numpy_ref`` is the specification the others are tested against.
+
+    get(name)        -> the backend module (loads it; a clear error if it cannot load)
+    available()      -> {name: None if it loads, else the reason it does not}
+    use(name)        -> make it the current backend ("auto" picks the best that loads)
+    current()        -> the current backend module
+    array_module(x)  -> numpy or cupy, whichever owns the array x
+
+The backend is chosen by ``use(...)`` (``cfg["backend"]`` in training), else by the
+``NANOLLM_BACKEND`` environment variable, else ``numpy``.
+"""
+
+import importlib
+import os
+import warnings
+
+import numpy as np
+
+# The closed set of primitives every backend must define (see numpy_ref for their contracts).
+PRIMITIVES = (
+    "matmul",
+    "softmax_forward",
+    "softmax_backward",
+    "causal_softmax_forward",
+    "causal_softmax_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "embedding_backward",
+)
+
+# name -> (module, hint shown when it cannot load). Order is the preference order of "auto".
+_REGISTRY = {
+    "numpy": ("nanollm.backends.numpy_ref", "numpy is a core dependency: reinstall with `pip install .`"),
+}
+_AUTO_ORDER = ("numpy",)
+
+_loaded = {}
+_current = None
+
+
+def names():
+    """All registered backend names (whether or not they load here), plus "auto"."""
+    return tuple(_REGISTRY) + ("auto",)
+
+
+def get(name):
+    """Load and return the backend module called ``name``; a ValueError says why it cannot."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown backend {name!r}: choose one of {', '.join(names())} "
+            "(cfg['backend'] or the NANOLLM_BACKEND environment variable)"
+        )
+    if name not in _loaded:
+        module_name, hint = _REGISTRY[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"backend {name!r} cannot load ({exc}); {hint}") from None
+        missing = [p for p in PRIMITIVES if not callable(getattr(module, p, None))]
+        if missing:
+            raise ValueError(f"backend {name!r} ({module_name}) lacks primitives: {', '.join(missing)}")
+        _loaded[name] = module
+    return _loaded[name]
+
+
+def available():
+    """Map every registered backend to None if it loads here, else the reason it does not."""
+    status = {}
+    for name in _REGISTRY:
+        try:
+            get(name)
+            status[name] = None
+        except ValueError as exc:
+            status[name] = str(exc)
+    return status
+
+
+def use(name):
+    """Make ``name`` the current backend and return its module.
+
+    Only "auto" falls back: it takes the first backend in the preference order that loads,
+    and says (as a warning) which one it picked when that is not the first choice.
+    """
+    global _current
+    if name == "auto":
+        reasons = []
+        for candidate in _AUTO_ORDER:
+            try:
+                module = get(candidate)
+            except ValueError as exc:
+                reasons.append(str(exc))
+                continue
+            if reasons:
+                warnings.warn(f"backend 'auto' picked {candidate!r}; skipped: " + "; ".join(reasons))
+            _current = candidate
+            return module
+        raise ValueError("backend 'auto' found no backend that loads: " + "; ".join(reasons))
+    module = get(name)
+    _current = name
+    return module
+
+
+def current_name():
+    """Name of the current backend (resolving NANOLLM_BACKEND on first use)."""
+    if _current is None:
+        use(os.environ.get("NANOLLM_BACKEND", "numpy"))
+    return _current
+
+
+def current():
+    """The current backend module; ops call their primitives through it."""
+    return get(current_name())
+
+
+def array_module(x):
+    """numpy for NumPy arrays (and Python scalars), cupy for CuPy arrays, without importing cupy."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np

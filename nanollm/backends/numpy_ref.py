@@ -1,0 +1,127 @@
+"""numpy_ref: the specification of every primitive, in plain readable NumPy.
+
+Every other backend is tested against these functions, so they favour clarity over speed.
+They keep the input dtype (float32 stays float32, float64 stays float64) and never modify
+their inputs. Shapes: ``...`` is any number of leading axes, N rows, V classes, C channels.
+"""
+
+import numpy as np
+
+GELU_SCALE = np.sqrt(2.0 / np.pi)  # the tanh approximation of GELU used by GPT-2
+GELU_CUBIC = 0.044715
+
+
+def matmul(a, b):
+    """a (..., M, K) @ b (..., K, N) -> (..., M, N), broadcasting leading axes (BLAS)."""
+    return np.matmul(a, b)
+
+
+def softmax_forward(x):
+    """Softmax over the last axis, shifted by the row max so exp never overflows."""
+    shifted = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_backward(dprobs, probs):
+    """dx = p * (dp - sum(dp * p)): the Jacobian-vector product of the softmax, row by row."""
+    return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
+
+
+def _causal_mask(num_queries, num_keys):
+    """(Tq, Tk) bool, True where query i may NOT see key j (j is in its future).
+
+    Queries are the last Tq positions of the Tk keys, so with a KV cache (Tq < Tk) query i
+    sits at absolute position Tk - Tq + i.
+    """
+    return np.triu(np.ones((num_queries, num_keys), dtype=bool), k=1 + num_keys - num_queries)
+
+
+def causal_softmax_forward(scores, scale):
+    """Attention probabilities from raw scores (..., Tq, Tk): softmax(scale * scores) over
+    the keys each query may see; future keys get probability exactly 0."""
+    masked = np.where(_causal_mask(*scores.shape[-2:]), -np.inf, scores * scores.dtype.type(scale))
+    return softmax_forward(masked)
+
+
+def causal_softmax_backward(dprobs, probs, scale):
+    """d scores (..., Tq, Tk) from d probs: the softmax backward times the scale.
+    Masked entries have probs == 0, so their gradient is 0 without a mask."""
+    return softmax_backward(dprobs, probs) * probs.dtype.type(scale)
+
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """x (..., C) -> out (..., C), mean (...), rstd (...): normalise over C, then scale and shift."""
+    mean = x.mean(axis=-1)
+    centered = x - mean[..., None]
+    var = (centered * centered).mean(axis=-1)
+    rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
+    out = centered * rstd[..., None] * weight + bias
+    return out, mean, rstd
+
+
+def layernorm_backward(dout, x, weight, mean, rstd):
+    """Gradients of layernorm_forward: dx (..., C), dweight (C,), dbias (C,).
+
+    With xhat = (x - mean) * rstd and g = dout * weight:
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+    """
+    xhat = (x - mean[..., None]) * rstd[..., None]
+    lead = tuple(range(x.ndim - 1))
+    dweight = (dout * xhat).sum(axis=lead)
+    dbias = dout.sum(axis=lead)
+    g = dout * weight
+    dx = rstd[..., None] * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return dx, dweight, dbias
+
+
+def gelu_forward(x):
+    """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    inner = x.dtype.type(GELU_SCALE) * (x + x.dtype.type(GELU_CUBIC) * x * x * x)
+    return x.dtype.type(0.5) * x * (1 + np.tanh(inner))
+
+
+def gelu_backward(dout, x):
+    """dx = dout * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)), t = tanh(inner)."""
+    f = x.dtype.type
+    t = np.tanh(f(GELU_SCALE) * (x + f(GELU_CUBIC) * x * x * x))
+    dinner = f(GELU_SCALE) * (1 + f(3 * GELU_CUBIC) * x * x)
+    return dout * (f(0.5) * (1 + t) + f(0.5) * x * (1 - t * t) * dinner)
+
+
+def cross_entropy_forward(logits, targets, ignore_index):
+    """Per-row loss of softmax cross-entropy.
+
+    logits (N, V) float, targets (N,) int -> losses (N,), logsumexp (N,).
+    losses[i] = logsumexp(logits[i]) - logits[i, targets[i]], and 0 where targets[i] == ignore_index.
+    The logsumexp is kept so the backward can rebuild the softmax without storing it.
+    """
+    valid = targets != ignore_index
+    safe_targets = np.where(valid, targets, 0)
+    row_max = logits.max(axis=-1)
+    lse = row_max + np.log(np.exp(logits - row_max[:, None]).sum(axis=-1))
+    picked = logits[np.arange(logits.shape[0]), safe_targets]
+    losses = np.where(valid, lse - picked, 0).astype(logits.dtype, copy=False)
+    return losses, lse
+
+
+def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
+    """Fused softmax + cross-entropy backward: dlogits (N, V) = (softmax(logits) - onehot) * dlosses.
+
+    Rows whose target is ignore_index get a zero gradient whatever dlosses says.
+    """
+    valid = targets != ignore_index
+    safe_targets = np.where(valid, targets, 0)
+    dlogits = np.exp(logits - lse[:, None])
+    dlogits[np.arange(logits.shape[0]), safe_targets] -= 1
+    dlogits *= np.where(valid, dlosses, 0).astype(logits.dtype, copy=False)[:, None]
+    return dlogits
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    """Scatter-add rows of dout (N, C) into a (num_embeddings, C) table at rows ids (N,).
+
+    A token that occurs several times accumulates every occurrence's gradient."""
+    dtable = np.zeros((num_embeddings, dout.shape[-1]), dtype=dout.dtype)
+    np.add.at(dtable, ids, dout)
+    return dtable

@@ -1,0 +1,43 @@
+"""Packaging for nanollm. Compiled kernels live in kernels/*.pyx and build into nanollm.backends."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def cython_extensions():
+    """Every kernels/<name>.pyx becomes the extension nanollm.backends._<name>."""
+    sources = sorted((HERE / "kernels").glob("*.pyx"))
+    if not sources:
+        return []
+    import numpy
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    extensions = [
+        Extension(f"nanollm.backends._{src.stem}", [str(src.relative_to(HERE))],
+                  include_dirs=[numpy.get_include()], extra_compile_args=["-O3"])
+        for src in sources
+    ]
+    return cythonize(extensions, language_level=3)
+
+
+setup(
+    name="nanollm",
+    version="0.1.0",
+    description="Train GPT- and Llama-style language models with a hand-written, gradient-checked NumPy autograd",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["nanollm", "nanollm.*"]),
+    ext_modules=cython_extensions(),
+    install_requires=["numpy>=1.26", "numba>=0.59", "cython>=3.0", "matplotlib>=3.7"],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6"],
+        "gpu": ["cupy-cuda12x"],
+    },
+    entry_points={"console_scripts": ["nanollm=nanollm.__main__:main"]},
+    license="MIT",
+)

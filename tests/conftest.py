@@ -1,0 +1,29 @@
+"""Shared fixtures: every backend-sensitive test runs on each backend that loads here."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from nanollm import backends
+
+# The backend fixture only selects the current backend, so sharing it across the examples of
+# one @given test is exactly what we want: the function-scoped-fixture health check is moot.
+_shared = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile("nanollm", max_examples=25, derandomize=True, **_shared)
+settings.register_profile("thorough", max_examples=300, **_shared)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "nanollm"))
+
+BACKEND_NAMES = [name for name in backends.names() if name != "auto"]
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request):
+    """Make each registered backend current in turn; skip (with the reason) those that cannot load."""
+    reason = backends.available()[request.param]
+    if reason is not None:
+        pytest.skip(reason)
+    previous = backends.current_name()
+    module = backends.use(request.param)
+    yield module
+    backends.use(previous)
