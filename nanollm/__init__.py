@@ -3,9 +3,11 @@
 The public API (names kept stable; see DESIGN.md). More names arrive as their parts land.
 """
 
+from nanollm.generate import generate_text
 from nanollm.model import GPT, TransformerLanguageModel
 from nanollm.seeding import set_seed
+from nanollm.tokenizers import CharTokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT", "TransformerLanguageModel", "set_seed", "__version__"]
+__all__ = ["CharTokenizer", "GPT", "TransformerLanguageModel", "generate_text", "set_seed", "__version__"]

@@ -1,0 +1,49 @@
+"""README.md and TRAINING.md stay true: their Python blocks run, their commands work, and the
+README's test command is what CI runs."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "TRAINING.md")
+
+
+def code_blocks(doc, language):
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_python_blocks_run(doc, monkeypatch):
+    blocks = code_blocks(doc, "python")
+    assert blocks, f"{doc} has no python blocks"
+    monkeypatch.chdir(ROOT)
+    namespace = {"__name__": "__doc_block__"}  # one per document: later blocks build on earlier ones
+    for number, block in enumerate(blocks, 1):
+        exec(compile(block, f"{doc} python block {number}", "exec"), namespace)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_shell_commands_run_or_are_what_ci_runs(doc, monkeypatch):
+    """`python -m nanollm ...` commands are run here; install commands must be CI's own."""
+    ci_script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for block in code_blocks(doc, "bash"):
+        for command in filter(None, (line.strip() for line in block.splitlines())):
+            if "pip install" in command:
+                assert command in ci_script, f"{doc}: .ci/run does not run the install command {command!r}"
+            elif command.startswith("python -m nanollm"):
+                args = command.split()[3:]
+                subprocess.run([sys.executable, "-m", "nanollm", *args], cwd=ROOT, check=True,
+                               capture_output=True, timeout=300)
+            else:
+                pytest.fail(f"{doc}: no test covers the command {command!r}")
+
+
+def test_readme_test_command_is_run_verbatim_by_ci():
+    ci_script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    test_commands = [c for b in code_blocks("README.md", "bash") for c in b.splitlines() if c.endswith("pytest")]
+    assert test_commands and all(c in ci_script for c in test_commands)
