@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "TRAINING.md")
+DOCS = ("README.md", "TRAINING.md", "notebooks/README.md")
 
 
 def code_blocks(doc, language):
