@@ -52,7 +52,7 @@ def main(argv=None):
         for name, grad in model.backward().items():
             adamw_update(model.params[name], grad, states[name], lr, beta1=0.9, beta2=0.99,
                          weight_decay=0.1 if grad.ndim == 2 else 0.0)
-        if step == 1 or step % 25 == 0 or step == args.steps:
+        if step == 1 or step % 50 == 0 or step == args.steps:
             elapsed = time.perf_counter() - start
             print(f"step {step:4d}  loss {float(loss):.4f}  {step * batch_size * seq_len / elapsed:,.0f} tokens/s")
     print(f"after training:  {generate_text(model, tokenizer, prompt, 40, temperature=0)!r}")
