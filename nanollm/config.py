@@ -1,0 +1,193 @@
+"""Training configuration: one DEFAULTS table (a comment per key), presets, and resolve().
+
+    cfg = resolve({"learning_rate": 3e-4, "max_steps": 500}, preset="small")
+
+Order of precedence, lowest first: DEFAULTS, the preset, then each dict given to resolve()
+(a config file, then command-line overrides). Unknown keys and wrong types are ValueErrors
+that name the key and suggest the nearest valid one. The result is a plain dict, ready to be
+copied into checkpoints and results files.
+"""
+
+import difflib
+import math
+
+from nanollm import backends
+from nanollm.optim import OPTIMIZERS
+from nanollm.schedule import SCHEDULES
+
+DEFAULTS = {
+    # ---- model (nano-llm keys: when given, they are checked against the model) ----
+    "vocab_size": None,           # tokens in the vocabulary
+    "embedding_dim": None,        # channels C of the residual stream
+    "num_layers": None,           # transformer blocks
+    "ffn_hidden_dim": None,       # hidden width of the MLP (GPT-2: 4 * embedding_dim)
+    "num_heads": None,            # attention heads
+    "num_kv_heads": None,         # key/value heads (< num_heads: grouped-query attention)
+    "max_seq_len": None,          # context length T of a training window (None: the model's)
+    "dropout": 0.0,               # dropout probability in training (0: off)
+    # ---- data ----
+    "batch_size": 12,             # windows per micro-batch
+    "val_fraction": 0.1,          # the last share of the tokens held out for validation
+    "drop_last": True,            # epoch mode: drop the final incomplete batch
+    # ---- length of training ----
+    "num_steps": 1000,            # optimizer steps (alias max_steps); ignored when epochs is set
+    "epochs": None,               # passes over the data in shuffled windows instead of num_steps
+    # ---- optimizer ----
+    "optimizer": "adamw",         # sgd, adam, adamw or lion
+    "learning_rate": 1e-3,        # peak learning rate
+    "betas": (0.9, 0.99),         # Adam/AdamW/Lion moment decay rates (beta1, beta2)
+    "eps": 1e-8,                  # Adam/AdamW denominator guard
+    "momentum": 0.0,              # SGD momentum
+    "nesterov": False,            # SGD: Nesterov momentum
+    "weight_decay": 0.1,          # decay of 2-D weights and embeddings (never biases or gains)
+    "grad_accum_steps": 1,        # micro-batches averaged into one optimizer step
+    "max_grad_norm": 1.0,         # clip the global gradient norm to this (0: no clipping)
+    # ---- learning-rate schedule (see nanollm.schedule) ----
+    "lr_schedule": "constant",    # constant, cosine, warmup_cosine, step or polynomial
+    "warmup_steps": 0,            # linear warmup steps before the schedule
+    "decay_steps": None,          # where cosine/polynomial reach min_learning_rate (None: num_steps)
+    "min_learning_rate": 0.0,     # floor of cosine/polynomial
+    "step_size": 1000,            # step schedule: steps between decays
+    "gamma": 0.1,                 # step schedule: decay factor
+    "power": 1.0,                 # polynomial schedule: exponent
+    # ---- evaluation and early stopping ----
+    "eval_interval": 100,         # steps between validation evaluations (0: only at the end)
+    "eval_steps": 20,             # validation batches per evaluation
+    "patience": None,             # evaluations without improvement before stopping (None: never)
+    "min_delta": 0.0,             # improvement in val loss that resets the patience
+    # ---- checkpoints ----
+    "checkpoint_dir": None,       # where checkpoints and metrics.jsonl go (None: nowhere)
+    "checkpoint_interval": 0,     # steps between checkpoints (0: only the final one)
+    "keep_last_n": 3,             # step checkpoints kept (0: all)
+    "save_best": True,            # also keep checkpoint_best.npz at the best val loss
+    "resume_from": None,          # checkpoint path to continue from
+    # ---- logging and samples ----
+    "log_interval": 10,           # steps between log lines
+    "sample_interval": 0,         # steps between printed samples (0: none)
+    "sample_prompt": "\n",        # prompt of those samples
+    # ---- numerics and reproducibility ----
+    "dtype": "float32",           # float32 or float64
+    "backend": "numpy",           # a name from nanollm.backends.names(), or auto
+    "seed": 1337,                 # seeds batches, dropout and, for new models, the weights
+}
+
+ALIASES = {"max_steps": "num_steps"}
+
+# Types of keys whose default (None) does not tell; int is accepted wherever float is.
+OPTIONAL_TYPES = {
+    "vocab_size": int, "embedding_dim": int, "num_layers": int, "ffn_hidden_dim": int, "num_heads": int,
+    "num_kv_heads": int, "max_seq_len": int, "epochs": int, "decay_steps": int, "patience": int,
+    "checkpoint_dir": str, "resume_from": str,
+}
+CHOICES = {"optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
+           "backend": backends.names()}
+POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size",
+            "vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
+            "max_seq_len", "epochs", "patience", "eps")
+NON_NEGATIVE = ("weight_decay", "max_grad_norm", "warmup_steps", "decay_steps", "min_learning_rate", "momentum",
+                "eval_interval", "checkpoint_interval", "keep_last_n", "log_interval", "sample_interval",
+                "min_delta", "seed", "gamma", "power")
+
+PRESETS = {
+    # nano-llm's scaling guide: embedding / layers / ffn
+    "nano": dict(embedding_dim=32, num_layers=2, ffn_hidden_dim=64, num_heads=4, max_seq_len=64),
+    "small": dict(embedding_dim=64, num_layers=4, ffn_hidden_dim=128, num_heads=4, max_seq_len=128),
+    "medium": dict(embedding_dim=128, num_layers=6, ffn_hidden_dim=256, num_heads=4, max_seq_len=256),
+    # nanoGPT's two Shakespeare-char recipes
+    "shakespeare-cpu": dict(embedding_dim=128, num_layers=4, num_heads=4, ffn_hidden_dim=512, max_seq_len=64,
+                            batch_size=12, num_steps=2000, learning_rate=1e-3, min_learning_rate=1e-4,
+                            lr_schedule="cosine", warmup_steps=100, betas=(0.9, 0.99), weight_decay=0.1,
+                            max_grad_norm=1.0, dropout=0.0, eval_interval=250, eval_steps=20),
+    "shakespeare-gpu": dict(embedding_dim=384, num_layers=6, num_heads=6, ffn_hidden_dim=1536, max_seq_len=256,
+                            batch_size=64, num_steps=5000, learning_rate=1e-3, min_learning_rate=1e-4,
+                            lr_schedule="cosine", warmup_steps=100, betas=(0.9, 0.99), weight_decay=0.1,
+                            max_grad_norm=1.0, dropout=0.2, eval_interval=250, eval_steps=200),
+    # GPT-2 small, for sizes and memory estimates
+    "gpt2-124m": dict(vocab_size=50257, embedding_dim=768, num_layers=12, num_heads=12, ffn_hidden_dim=3072,
+                      max_seq_len=1024, dropout=0.0),
+}
+
+
+def _suggest(key, candidates):
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _type_name(kind):
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            tuple: "a pair of numbers"}[kind]
+
+
+def _check_type(key, value, source):
+    """Return value converted to the key's type, or raise a ValueError naming key and source."""
+    default = DEFAULTS[key]
+    kind = OPTIONAL_TYPES.get(key) if default is None else type(default)
+    if value is None and default is None:
+        return None
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        tuple: isinstance(value, (list, tuple)) and len(value) == 2
+               and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+    }[kind]
+    if not ok:
+        raise ValueError(f"{source}: {key} must be {_type_name(kind)}, got {value!r}")
+    if kind is float:
+        return float(value)
+    if kind is tuple:
+        return tuple(float(v) for v in value)
+    return value
+
+
+def _check_value(key, value, source):
+    if value is None:
+        return
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ValueError(f"{source}: {key}={value!r} is not one of {', '.join(CHOICES[key])}"
+                         f"{_suggest(str(value), CHOICES[key])}")
+    if key in POSITIVE and not value > 0:
+        raise ValueError(f"{source}: {key} must be > 0, got {value!r}")
+    if key in NON_NEGATIVE and not value >= 0:
+        raise ValueError(f"{source}: {key} must be >= 0, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{source}: {key} must be finite, got {value!r}")
+    if key == "dropout" and not 0.0 <= value < 1.0:
+        raise ValueError(f"{source}: dropout must be in [0, 1), got {value!r}")
+    if key == "val_fraction" and not 0.0 <= value < 1.0:
+        raise ValueError(f"{source}: val_fraction must be in [0, 1), got {value!r}")
+    if key == "betas" and not all(0.0 <= b < 1.0 for b in value):
+        raise ValueError(f"{source}: betas must both be in [0, 1), got {list(value)}")
+
+
+def resolve(*overrides, preset=None, sources=None):
+    """DEFAULTS, then PRESETS[preset], then each dict in overrides: a validated plain dict.
+
+    sources optionally names each override in error messages (a file path, "--key=value")."""
+    cfg = dict(DEFAULTS)
+    layers = []
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}"
+                             f"{_suggest(preset, PRESETS)}")
+        layers.append((f"preset {preset!r}", PRESETS[preset]))
+    names = sources or [f"config {i + 1}" if len(overrides) > 1 else "config" for i in range(len(overrides))]
+    layers.extend(zip(names, overrides))
+    for source, layer in layers:
+        if not isinstance(layer, dict):
+            raise ValueError(f"{source}: a configuration must be a dict of key: value, got {type(layer).__name__}")
+        for key, value in layer.items():
+            canonical = ALIASES.get(key, key)
+            if canonical not in DEFAULTS:
+                raise ValueError(f"{source}: unknown config key {key!r}{_suggest(key, list(DEFAULTS) + list(ALIASES))}")
+            value = _check_type(canonical, value, source)
+            _check_value(canonical, value, source)
+            cfg[canonical] = value
+    if cfg["num_heads"] and cfg["embedding_dim"] and cfg["embedding_dim"] % cfg["num_heads"]:
+        raise ValueError(f"embedding_dim={cfg['embedding_dim']} is not divisible by num_heads={cfg['num_heads']}")
+    if cfg["num_heads"] and cfg["num_kv_heads"] and cfg["num_heads"] % cfg["num_kv_heads"]:
+        raise ValueError(f"num_heads={cfg['num_heads']} is not divisible by num_kv_heads={cfg['num_kv_heads']}")
+    if cfg["nesterov"] and cfg["momentum"] <= 0:
+        raise ValueError("nesterov=True needs momentum > 0")
+    return cfg
