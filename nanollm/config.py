@@ -12,6 +12,7 @@ import difflib
 import math
 
 from nanollm import backends
+from nanollm.model import check_head_counts
 from nanollm.optim import OPTIMIZERS
 from nanollm.schedule import SCHEDULES
 
@@ -84,6 +85,7 @@ CHOICES = {"optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES, "dtype": ("
 POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size",
             "vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
             "max_seq_len", "epochs", "patience", "eps")
+UNIT_INTERVAL = ("dropout", "val_fraction")  # in [0, 1)
 NON_NEGATIVE = ("weight_decay", "max_grad_norm", "warmup_steps", "decay_steps", "min_learning_rate", "momentum",
                 "eval_interval", "checkpoint_interval", "keep_last_n", "log_interval", "sample_interval",
                 "min_delta", "seed", "gamma", "power")
@@ -153,10 +155,8 @@ def _check_value(key, value, source):
         raise ValueError(f"{source}: {key} must be >= 0, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{source}: {key} must be finite, got {value!r}")
-    if key == "dropout" and not 0.0 <= value < 1.0:
-        raise ValueError(f"{source}: dropout must be in [0, 1), got {value!r}")
-    if key == "val_fraction" and not 0.0 <= value < 1.0:
-        raise ValueError(f"{source}: val_fraction must be in [0, 1), got {value!r}")
+    if key in UNIT_INTERVAL and not 0.0 <= value < 1.0:
+        raise ValueError(f"{source}: {key} must be in [0, 1), got {value!r}")
     if key == "betas" and not all(0.0 <= b < 1.0 for b in value):
         raise ValueError(f"{source}: betas must both be in [0, 1), got {list(value)}")
 
@@ -184,10 +184,7 @@ def resolve(*overrides, preset=None, sources=None):
             value = _check_type(canonical, value, source)
             _check_value(canonical, value, source)
             cfg[canonical] = value
-    if cfg["num_heads"] and cfg["embedding_dim"] and cfg["embedding_dim"] % cfg["num_heads"]:
-        raise ValueError(f"embedding_dim={cfg['embedding_dim']} is not divisible by num_heads={cfg['num_heads']}")
-    if cfg["num_heads"] and cfg["num_kv_heads"] and cfg["num_heads"] % cfg["num_kv_heads"]:
-        raise ValueError(f"num_heads={cfg['num_heads']} is not divisible by num_kv_heads={cfg['num_kv_heads']}")
+    check_head_counts(cfg["embedding_dim"], cfg["num_heads"], cfg["num_kv_heads"])
     if cfg["nesterov"] and cfg["momentum"] <= 0:
         raise ValueError("nesterov=True needs momentum > 0")
     return cfg

@@ -45,6 +45,17 @@ def _require_int(name, value, minimum=1):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_head_counts(embedding_dim, num_heads, num_kv_heads):
+    """Heads must split the width evenly, and key/value heads must split the heads evenly.
+    A None count is not checked (config files may leave it to the model's default)."""
+    if embedding_dim and num_heads and embedding_dim % num_heads:
+        raise ValueError(f"embedding_dim={embedding_dim} is not divisible by num_heads={num_heads}; "
+                         f"choose num_heads among the divisors of {embedding_dim}")
+    if num_heads and num_kv_heads and num_heads % num_kv_heads:
+        raise ValueError(f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}; "
+                         f"choose num_kv_heads among the divisors of {num_heads}")
+
+
 class TransformerLanguageModel:
     """A decoder-only transformer language model (GPT-2 architecture), NumPy arrays throughout.
 
@@ -62,12 +73,7 @@ class TransformerLanguageModel:
                             ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
                             ("max_seq_len", max_seq_len)):
             _require_int(name, value)
-        if embedding_dim % num_heads:
-            raise ValueError(f"embedding_dim={embedding_dim} is not divisible by num_heads={num_heads}; "
-                             f"choose num_heads among the divisors of {embedding_dim}")
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}; "
-                             f"choose num_kv_heads among the divisors of {num_heads}")
+        check_head_counts(embedding_dim, num_heads, num_kv_heads)
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         if architecture not in ARCHITECTURES:
