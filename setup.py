@@ -33,7 +33,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["nanollm", "nanollm.*"]),
     ext_modules=cython_extensions(),
-    install_requires=["numpy>=1.26", "numba>=0.59", "cython>=3.0", "matplotlib>=3.7"],
+    install_requires=["numpy>=1.26", "numba>=0.59", "cython>=3.0", "matplotlib>=3.7", "tqdm>=4.60"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
         "gpu": ["cupy-cuda12x"],

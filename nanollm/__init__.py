@@ -3,11 +3,14 @@
 The public API (names kept stable; see DESIGN.md). More names arrive as their parts land.
 """
 
+from nanollm.checkpoint import load_checkpoint, save_checkpoint
 from nanollm.generate import generate_text
 from nanollm.model import GPT, TransformerLanguageModel
 from nanollm.seeding import set_seed
 from nanollm.tokenizers import CharTokenizer
+from nanollm.train import train_with_config
 
 __version__ = "0.1.0"
 
-__all__ = ["CharTokenizer", "GPT", "TransformerLanguageModel", "generate_text", "set_seed", "__version__"]
+__all__ = ["CharTokenizer", "GPT", "TransformerLanguageModel", "generate_text", "load_checkpoint", "save_checkpoint",
+           "set_seed", "train_with_config", "__version__"]

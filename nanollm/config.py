@@ -25,10 +25,10 @@ DEFAULTS = {
     "num_heads": None,            # attention heads
     "num_kv_heads": None,         # key/value heads (< num_heads: grouped-query attention)
     "max_seq_len": None,          # context length T of a training window (None: the model's)
-    "dropout": 0.0,               # dropout probability in training (0: off)
+    "dropout": None,              # dropout probability in training (None: the model's; 0: off)
     # ---- data ----
     "batch_size": 12,             # windows per micro-batch
-    "val_fraction": 0.1,          # the last share of the tokens held out for validation
+    "val_fraction": 0.1,          # the last share of the tokens held out for validation (0: none)
     "drop_last": True,            # epoch mode: drop the final incomplete batch
     # ---- length of training ----
     "num_steps": 1000,            # optimizer steps (alias max_steps); ignored when epochs is set
@@ -40,7 +40,8 @@ DEFAULTS = {
     "eps": 1e-8,                  # Adam/AdamW denominator guard
     "momentum": 0.0,              # SGD momentum
     "nesterov": False,            # SGD: Nesterov momentum
-    "weight_decay": 0.1,          # decay of 2-D weights and embeddings (never biases or gains)
+    "weight_decay": 0.1,          # decoupled (AdamW, Lion) or L2 (SGD, Adam) weight decay
+    "no_decay": None,             # name patterns (fnmatch) spared from decay (None: biases and norm gains)
     "grad_accum_steps": 1,        # micro-batches averaged into one optimizer step
     "max_grad_norm": 1.0,         # clip the global gradient norm to this (0: no clipping)
     # ---- learning-rate schedule (see nanollm.schedule) ----
@@ -58,6 +59,7 @@ DEFAULTS = {
     "min_delta": 0.0,             # improvement in val loss that resets the patience
     # ---- checkpoints ----
     "checkpoint_dir": None,       # where checkpoints and metrics.jsonl go (None: nowhere)
+    "overwrite": False,           # a fresh run may replace the files of an earlier run in checkpoint_dir
     "checkpoint_interval": 0,     # steps between checkpoints (0: only the final one)
     "keep_last_n": 3,             # step checkpoints kept (0: all)
     "save_best": True,            # also keep checkpoint_best.npz at the best val loss
@@ -65,10 +67,11 @@ DEFAULTS = {
     # ---- logging and samples ----
     "log_interval": 10,           # steps between log lines
     "sample_interval": 0,         # steps between printed samples (0: none)
-    "sample_prompt": "\n",        # prompt of those samples
+    "sample_prompt": "\n",        # prompt of those samples (needs a tokenizer)
+    "sample_length": 200,         # tokens generated per sample
     # ---- numerics and reproducibility ----
-    "dtype": "float32",           # float32 or float64
-    "backend": "numpy",           # a name from nanollm.backends.names(), or auto
+    "dtype": None,                # float32 or float64 (None: the model's)
+    "backend": None,              # a name from nanollm.backends.names() (None: NANOLLM_BACKEND, else numpy)
     "seed": 1337,                 # seeds batches, dropout and, for new models, the weights
 }
 
@@ -78,11 +81,11 @@ ALIASES = {"max_steps": "num_steps"}
 OPTIONAL_TYPES = {
     "vocab_size": int, "embedding_dim": int, "num_layers": int, "ffn_hidden_dim": int, "num_heads": int,
     "num_kv_heads": int, "max_seq_len": int, "epochs": int, "decay_steps": int, "patience": int,
-    "checkpoint_dir": str, "resume_from": str,
+    "checkpoint_dir": str, "resume_from": str, "dropout": float, "dtype": str, "backend": str, "no_decay": list,
 }
 CHOICES = {"optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
            "backend": backends.names()}
-POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size",
+POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size", "sample_length",
             "vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
             "max_seq_len", "epochs", "patience", "eps")
 UNIT_INTERVAL = ("dropout", "val_fraction")  # in [0, 1)
@@ -117,7 +120,7 @@ def _suggest(key, candidates):
 
 def _type_name(kind):
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            tuple: "a pair of numbers"}[kind]
+            tuple: "a pair of numbers", list: "a list of strings"}[kind]
 
 
 def _check_type(key, value, source):
@@ -133,6 +136,7 @@ def _check_type(key, value, source):
         str: isinstance(value, str),
         tuple: isinstance(value, (list, tuple)) and len(value) == 2
                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+        list: isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
     }[kind]
     if not ok:
         raise ValueError(f"{source}: {key} must be {_type_name(kind)}, got {value!r}")
@@ -140,6 +144,8 @@ def _check_type(key, value, source):
         return float(value)
     if kind is tuple:
         return tuple(float(v) for v in value)
+    if kind is list:
+        return list(value)
     return value
 
 

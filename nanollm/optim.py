@@ -8,6 +8,8 @@ compared step for step. Which parameters get weight decay is the caller's choice
 decays 2-D weights and embeddings only). ``clip_grad_norm`` scales all gradients together.
 """
 
+import math
+from fnmatch import fnmatchcase
 from typing import Callable, NamedTuple
 
 from nanollm import backends
@@ -115,6 +117,27 @@ OPTIMIZERS = {
 }
 
 
+def decays(name, param, no_decay=None):
+    """Whether weight decay applies to a parameter. By default the 2-D weight matrices and
+    embeddings decay and the 1-D biases and norm gains do not; ``no_decay``, a list of name
+    patterns ("*.bias", "wpe"), replaces that rule: every parameter matching none decays."""
+    if no_decay is None:
+        return param.ndim >= 2
+    return not any(fnmatchcase(name, pattern) for pattern in no_decay)
+
+
+def hyperparameters(cfg):
+    """The keyword arguments of cfg["optimizer"]'s update rule, taken from a resolved config
+    (everything except lr and weight_decay, which change per step and per parameter)."""
+    beta1, beta2 = cfg["betas"]
+    return {
+        "sgd": dict(momentum=cfg["momentum"], nesterov=cfg["nesterov"]),
+        "adam": dict(beta1=beta1, beta2=beta2, eps=cfg["eps"]),
+        "adamw": dict(beta1=beta1, beta2=beta2, eps=cfg["eps"]),
+        "lion": dict(beta1=beta1, beta2=beta2),
+    }[cfg["optimizer"]]
+
+
 def global_grad_norm(grads):
     """The L2 norm of all gradients taken together, as one float."""
     total = 0.0
@@ -127,9 +150,10 @@ def global_grad_norm(grads):
 def clip_grad_norm(grads, max_norm):
     """Scale every gradient in place so their global norm is at most max_norm (0 or None: off).
 
-    Returns the norm before clipping, as torch.nn.utils.clip_grad_norm_ does."""
+    Returns the norm before clipping, as torch.nn.utils.clip_grad_norm_ does. A NaN or Inf norm
+    leaves the gradients as they are, for the caller to stop on."""
     norm = global_grad_norm(grads)
-    if max_norm and norm > max_norm:
+    if max_norm and math.isfinite(norm) and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in grads.values():
             g *= scale

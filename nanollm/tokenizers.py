@@ -67,10 +67,25 @@ class CharTokenizer:
             json.dump(self.to_dict(), f, ensure_ascii=False)
 
     @classmethod
+    def from_dict(cls, data, source="tokenizer data"):
+        """The tokenizer that ``to_dict`` described (as saved in files and checkpoints)."""
+        if not isinstance(data, dict) or data.get("kind") != cls.kind or not isinstance(data.get("chars"), list):
+            raise ValueError(f"{source} is not a CharTokenizer (expected kind 'char' and a 'chars' list)")
+        return cls(data["chars"])
+
+    @classmethod
     def load(cls, path):
         """Read a vocabulary written by ``save``."""
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if data.get("kind") != cls.kind or not isinstance(data.get("chars"), list):
-            raise ValueError(f"{path} is not a CharTokenizer file (expected kind 'char' and a 'chars' list)")
-        return cls(data["chars"])
+            return cls.from_dict(json.load(f), source=str(path))
+
+
+TOKENIZERS = {CharTokenizer.kind: CharTokenizer}
+
+
+def tokenizer_from_dict(data, source="tokenizer data"):
+    """Rebuild any tokenizer from its ``to_dict()``, choosing the class by its "kind"."""
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in TOKENIZERS:
+        raise ValueError(f"{source} has tokenizer kind {kind!r}; known kinds: {', '.join(TOKENIZERS)}")
+    return TOKENIZERS[kind].from_dict(data, source)

@@ -1,0 +1,179 @@
+"""Checkpoints: one .npz of plain arrays plus a JSON metadata entry. Atomic, and never pickled.
+
+    save_checkpoint("run/checkpoint_step_500.npz", model, optimizer_state=states, step=500, loss=1.9,
+                    config=cfg, tokenizer=tok)
+    info = load_checkpoint("run/checkpoint_step_500.npz", model)   # info["step"], info["loss"], ...
+
+Layout of the archive:
+    params/<name>              every model parameter
+    optim/<name>/<key>         every array of the optimizer state (Adam's m and v, SGD's buffer)
+    __metadata__               a 0-d unicode array holding JSON: format version, step, loss, the
+                               resolved config, the model's config, the tokenizer, RNG states,
+                               the optimizer's scalar state (step counts)
+
+The file is written to a temporary name in the same folder, synced, and renamed into place, so
+a crash mid-write leaves the previous checkpoint as it was. Loading uses allow_pickle=False.
+"""
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from nanollm import backends
+
+FORMAT_VERSION = 1
+KIND = "nanollm-checkpoint"
+METADATA_KEY = "__metadata__"
+# Model settings that decide the parameter shapes (dropout and dtype do not).
+STRUCTURE_KEYS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads", "max_seq_len",
+                  "architecture")
+
+
+def _to_host(array):
+    """A NumPy copy of a NumPy or CuPy array."""
+    return array.get() if backends.array_module(array) is not np else np.asarray(array)
+
+
+def _write_atomically(path, arrays):
+    """np.savez to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    return path
+
+
+def save_checkpoint(path, model, optimizer_state=None, step=0, loss=None, config=None, tokenizer=None,
+                    rng_states=None, extra=None):
+    """Write the model (and optionally optimizer state, config, tokenizer) to ``path`` atomically.
+
+    optimizer_state maps parameter names to the dicts that ``nanollm.optim`` keeps; rng_states
+    maps names to ``Generator.bit_generator.state`` dicts; extra is any JSON-able dict of run
+    state (best validation loss, ...). Returns the path."""
+    arrays = {f"params/{name}": _to_host(p) for name, p in model.params.items()}
+    optimizer_scalars = {}
+    for name, state in (optimizer_state or {}).items():
+        optimizer_scalars[name] = {}
+        for key, value in state.items():
+            if hasattr(value, "shape"):
+                arrays[f"optim/{name}/{key}"] = _to_host(value)
+            else:
+                optimizer_scalars[name][key] = value  # step counts, a buffer not yet created (None)
+    metadata = {
+        "kind": KIND, "format_version": FORMAT_VERSION,
+        "step": int(step), "loss": None if loss is None else float(loss),
+        "config": config, "model_config": model.config,
+        "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+        "rng_states": rng_states or {}, "optimizer_scalars": optimizer_scalars, "extra": extra or {},
+    }
+    arrays[METADATA_KEY] = np.array(json.dumps(metadata))
+    return _write_atomically(path, arrays)
+
+
+def read_checkpoint(path):
+    """(metadata dict, {name: array}) of a checkpoint file, or a ValueError saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable checkpoint (.npz): {exc}") from None
+    if METADATA_KEY not in arrays:
+        raise ValueError(f"{path} is an .npz without nanollm metadata; it was not written by save_checkpoint")
+    metadata = json.loads(str(arrays.pop(METADATA_KEY)))
+    if metadata.get("kind") != KIND:
+        raise ValueError(f"{path} is not a nanollm checkpoint (kind {metadata.get('kind')!r})")
+    if metadata["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format {metadata['format_version']}, newer than this nanollm "
+                         f"reads ({FORMAT_VERSION}); upgrade nanollm")
+    return metadata, arrays
+
+
+def _check_parameters(path, model, saved, saved_model_config):
+    """Same parameter names and shapes, or a ValueError that names the first difference."""
+    if saved_model_config.get("vocab_size") != model.vocab_size:
+        raise ValueError(f"{path} was trained with a vocabulary of {saved_model_config.get('vocab_size')} tokens "
+                         f"but the model has vocab_size={model.vocab_size}; use the checkpoint's tokenizer "
+                         "and build the model with its vocab_size")
+    differences = [f"{key}={saved_model_config[key]} (checkpoint) vs {model.config[key]} (model)"
+                   for key in STRUCTURE_KEYS if saved_model_config.get(key) != model.config.get(key)]
+    if differences:
+        raise ValueError(f"{path} does not fit the model: {', '.join(differences)}; build the model with the "
+                         "checkpoint's settings, or call load_checkpoint(path) without a model to build it")
+    missing = [name for name in model.params if name not in saved]
+    unexpected = [name for name in saved if name not in model.params]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}; "
+                         f"build the model with the checkpoint's model config {saved_model_config}")
+    for name, p in model.params.items():
+        if tuple(saved[name].shape) != tuple(p.shape):
+            raise ValueError(f"{path}: parameter {name} has shape {tuple(saved[name].shape)} in the checkpoint "
+                             f"but {tuple(p.shape)} in the model; build the model with the checkpoint's model "
+                             f"config {saved_model_config}")
+
+
+def load_checkpoint(path, model=None, optimizer_state=None, tokenizer=None):
+    """Load parameters into ``model`` (built from the checkpoint's model config when None).
+
+    optimizer_state, when given, is filled in place (as built by the optimizer's init()).
+    A tokenizer, when given, must equal the one saved. Returns a dict: step, loss, config,
+    model_config, model, tokenizer (rebuilt from the file, or None), rng_states, extra."""
+    from nanollm.model import TransformerLanguageModel
+    from nanollm.tokenizers import tokenizer_from_dict
+
+    metadata, arrays = read_checkpoint(path)
+    if model is None:
+        model = TransformerLanguageModel(**metadata["model_config"])
+    params = {key[len("params/"):]: value for key, value in arrays.items() if key.startswith("params/")}
+    _check_parameters(path, model, params, metadata["model_config"])
+    saved_tokenizer = metadata.get("tokenizer")
+    if tokenizer is not None and saved_tokenizer is not None and tokenizer.to_dict() != saved_tokenizer:
+        raise ValueError(f"{path} was saved with a different tokenizer vocabulary than the one given; "
+                         "load the checkpoint's tokenizer (load_checkpoint(...)['tokenizer']) instead")
+    xp = backends.array_module(model.params["wte"])
+    for name, p in model.params.items():
+        model.params[name] = xp.asarray(params[name], dtype=p.dtype)
+
+    if optimizer_state is not None:
+        scalars = metadata["optimizer_scalars"]
+        if set(scalars) != set(optimizer_state):
+            raise ValueError(f"{path} holds no optimizer state for these parameters; resume only from checkpoints "
+                             "written by train_with_config")
+        for name, state in optimizer_state.items():
+            saved_keys = set(scalars[name]) | {key.split("/")[-1] for key in arrays
+                                               if key.startswith(f"optim/{name}/")}
+            if saved_keys != set(state):
+                raise ValueError(f"{path} holds optimizer state {sorted(saved_keys)} for {name}, but this optimizer "
+                                 f"keeps {sorted(state)}; resume with the optimizer the run was trained with "
+                                 f"({(metadata.get('config') or {}).get('optimizer')!r})")
+            state.update(scalars[name])
+            for key in state:
+                if f"optim/{name}/{key}" in arrays:
+                    state[key] = xp.asarray(arrays[f"optim/{name}/{key}"], dtype=model.params[name].dtype)
+
+    return {
+        "step": metadata["step"], "loss": metadata["loss"], "config": metadata["config"],
+        "model_config": metadata["model_config"], "model": model,
+        "tokenizer": tokenizer_from_dict(saved_tokenizer) if saved_tokenizer else None,
+        "rng_states": metadata["rng_states"], "extra": metadata["extra"],
+        "format_version": metadata["format_version"],
+    }

@@ -1,0 +1,92 @@
+"""Training metrics: metrics.jsonl (one JSON record per logged step) and loss-curve plots.
+
+    records = read_metrics("checkpoints/run/metrics.jsonl")
+    plot_metrics("checkpoints/run/metrics.jsonl", "checkpoints/run/curves.png")
+
+A record holds step, loss, lr, grad_norm, tokens_per_second (since the previous record) and
+elapsed seconds; records of evaluation steps add val_loss.
+"""
+
+import json
+import math
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _json_number(value):
+    """NaN and Inf are not JSON: they are written as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def read_metrics(path):
+    """The list of records in a metrics.jsonl file."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}, line {number}: not a JSON record ({exc.msg})") from None
+    return records
+
+
+class MetricsLog:
+    """Appends records to ``<folder>/metrics.jsonl`` (or only keeps them, when folder is None)."""
+
+    def __init__(self, folder, resume_step=None):
+        """resume_step: continuing a run, so records after that step (written by the interrupted
+        run, which the resumed one will redo) are dropped from the file first."""
+        self.records = []
+        self.path = None if folder is None else Path(folder) / METRICS_FILE
+        if self.path is not None and resume_step is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            temporary.replace(self.path)
+
+    def write(self, record):
+        record = {key: _json_number(value) for key, value in record.items()}
+        self.records.append(record)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def plot_metrics(source, path, title=None):
+    """Plot loss and val_loss, learning rate and gradient norm against the step into a PNG.
+
+    source is a metrics.jsonl path or a list of records (results["history"]). Returns path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(source) if isinstance(source, (str, Path)) else list(source)
+    if not records:
+        raise ValueError(f"{source} holds no metrics records to plot")
+
+    def series(key):
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    figure, (loss_axes, lr_axes, norm_axes) = plt.subplots(1, 3, figsize=(15, 4))
+    loss_axes.plot(*series("loss"), label="train loss", linewidth=1)
+    if series("val_loss")[0]:
+        loss_axes.plot(*series("val_loss"), "o-", label="val loss")
+    loss_axes.set_ylabel("cross-entropy (nats/token)")
+    loss_axes.legend()
+    lr_axes.plot(*series("lr"))
+    lr_axes.set_ylabel("learning rate")
+    norm_axes.plot(*series("grad_norm"), linewidth=1)
+    norm_axes.set_ylabel("gradient norm (before clipping)")
+    for axes in (loss_axes, lr_axes, norm_axes):
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,402 @@
+"""train_with_config(model, tokens, cfg): the training loop, from a plain config dict.
+
+    results = train_with_config(model, ids, {"learning_rate": 1e-3, "num_steps": 2000,
+                                             "checkpoint_dir": "checkpoints/run"})
+
+One optimizer step:
+    windows  batch_size x grad_accum_steps windows of max_seq_len + 1 tokens (random, or the
+             next ones of a shuffled epoch)
+    forward/backward per micro-batch; gradients and losses averaged over all of them, so
+             accumulation equals one big batch
+    guard    a NaN/Inf loss or gradient norm stops the run before the update touches anything
+    clip     the accumulated gradient to max_grad_norm (global L2 norm)
+    update   the optimizer at lr_at(step), weight decay on the parameters optim.decays() picks
+then, every so many steps: a log record, a validation loss (early stopping, best checkpoint),
+a checkpoint, a printed sample.
+
+Everything a resumed run needs is in the checkpoints (parameters, optimizer state, step, the
+batch and dropout generators, best validation loss), so an interrupted and resumed run ends
+with the same parameters, bit for bit, as one that never stopped.
+"""
+
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nanollm import backends
+from nanollm.checkpoint import load_checkpoint, save_checkpoint
+from nanollm.config import resolve
+from nanollm.data import (EpochOrder, as_token_array, micro_batches, random_starts, require_windows,
+                          split_train_val, windows_at)
+from nanollm.generate import generate_text
+from nanollm.metrics import METRICS_FILE, MetricsLog
+from nanollm.optim import OPTIMIZERS, clip_grad_norm, decays, hyperparameters
+from nanollm.schedule import lr_at
+
+MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads")
+STEP_CHECKPOINT = re.compile(r"checkpoint_step_(\d+)\.npz$")
+
+
+def evaluate_loss(model, tokens, seq_len, batch_size, num_batches, seed):
+    """Mean loss over ``num_batches`` random windows of ``tokens`` drawn from ``seed``: the same
+    windows every call, so successive evaluations compare the model, not the sample. Dropout is
+    off while evaluating; the model's mode is restored afterwards."""
+    rng = np.random.default_rng(seed)
+    was_training, losses = model.training, []
+    model.eval()
+    try:
+        for _ in range(num_batches):
+            inputs, targets = windows_at(tokens, random_starts(rng, len(tokens), seq_len, batch_size), seq_len)
+            losses.append(float(model.forward(inputs, targets)[1]))
+    finally:
+        model.training = was_training
+    return float(np.mean(losses))
+
+
+def _configure_model(model, cfg):
+    """Check the config's model keys against the model and apply dtype and dropout; returns the
+    training context length."""
+    for key in MODEL_KEYS:
+        if cfg[key] is not None and cfg[key] != model.config[key]:
+            raise ValueError(f"config says {key}={cfg[key]} but the model has {key}={model.config[key]}; "
+                             "build the model with the config's value or drop the key")
+    seq_len = model.max_seq_len if cfg["max_seq_len"] is None else cfg["max_seq_len"]
+    if seq_len > model.max_seq_len:
+        raise ValueError(f"max_seq_len={seq_len} exceeds the model's max_seq_len={model.max_seq_len}; "
+                         "lower max_seq_len or build the model with a longer context")
+    if cfg["dtype"] is not None and cfg["dtype"] != model.dtype:
+        model.params = {name: p.astype(cfg["dtype"]) for name, p in model.params.items()}
+        model.dtype = model.config["dtype"] = cfg["dtype"]
+    if cfg["dropout"] is not None:
+        model.dropout = model.config["dropout"] = cfg["dropout"]
+    return seq_len
+
+
+def _split_data(model, tokens, val_tokens, cfg, seq_len):
+    """(train, val or None) token streams, each checked against the model's vocabulary."""
+    tokens = as_token_array(tokens, model.vocab_size)
+    if val_tokens is not None:
+        train, val = tokens, as_token_array(val_tokens, model.vocab_size, name="val_tokens")
+    else:
+        train, val = split_train_val(tokens, cfg["val_fraction"])
+    require_windows(train, seq_len, "the training data", "give more tokens or lower max_seq_len")
+    if val is not None and len(val) == 0:
+        val = None
+    if val is not None:
+        require_windows(val, seq_len, "the validation data",
+                        "raise val_fraction, pass more val_tokens, or set val_fraction to 0 for no validation")
+    return train, val
+
+
+def _prepare_checkpoint_dir(cfg, resuming_here):
+    """Create checkpoint_dir; refuse to mix a fresh run into an earlier run's files unless
+    overwrite is set (then those files are removed first)."""
+    if cfg["checkpoint_dir"] is None:
+        return None
+    folder = Path(cfg["checkpoint_dir"])
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"checkpoint_dir={str(folder)!r} is a file, not a folder; choose another checkpoint_dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    earlier = sorted(folder.glob("checkpoint_*.npz")) + sorted(folder.glob(METRICS_FILE))
+    if earlier and not resuming_here:
+        if not cfg["overwrite"]:
+            raise ValueError(f"checkpoint_dir={str(folder)!r} already holds a run ({earlier[0].name}); continue it "
+                             f"with resume_from={str(earlier[0])!r}, choose a new checkpoint_dir, or set "
+                             "overwrite=true to replace it")
+        for path in earlier:
+            path.unlink()
+    return folder
+
+
+class _Progress:
+    """A tqdm bar when stderr is a terminal (and tqdm is installed); plain log lines otherwise."""
+
+    def __init__(self, total, initial):
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def step(self, loss):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(1)
+
+    def print(self, line):
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _TrainingRun:
+    """The state of one call to train_with_config, and the loop over steps."""
+
+    def __init__(self, model, train, val, cfg, seq_len, tokenizer, folder):
+        self.model, self.train, self.val, self.cfg, self.seq_len = model, train, val, cfg, seq_len
+        self.tokenizer, self.folder = tokenizer, folder
+        self.windows_per_step = cfg["batch_size"] * cfg["grad_accum_steps"]
+        self.order = None
+        if cfg["epochs"] is not None:
+            self.order = EpochOrder(len(train), seq_len, self.windows_per_step, cfg["drop_last"], cfg["seed"])
+            self.total_steps = cfg["epochs"] * self.order.steps_per_epoch
+        else:
+            self.total_steps = cfg["num_steps"]
+        self.schedule_cfg = {**cfg, "num_steps": self.total_steps}
+        self.optimizer = OPTIMIZERS[cfg["optimizer"]]
+        self.hyper = hyperparameters(cfg)
+        self.states = {name: self.optimizer.init(p) for name, p in model.params.items()}
+        self.decay = {name: decays(name, p, cfg["no_decay"]) for name, p in model.params.items()}
+        self.batch_rng = np.random.default_rng(cfg["seed"])
+        model.dropout_rng = np.random.default_rng(cfg["seed"] + 1)
+        self.step, self.tokens_seen = 0, 0
+        self.best_val_loss, self.evals_without_improvement = math.inf, 0
+        self.loss = self.grad_norm = self.val_loss = self.evaluated_at = None
+        self.checkpoints = {"steps": [], "best": None, "final": None}
+        self.last_good_checkpoint = None
+        self.stopped_early, self.stopped_because = False, None
+
+    # ---------------------------------------------------------------- one optimizer step
+
+    def forward_backward(self, starts):
+        """Loss and gradients averaged over the step's windows, micro-batch by micro-batch
+        (weights by window count, so a smaller last micro-batch counts for less)."""
+        loss, grads = 0.0, None
+        for batch in micro_batches(starts, self.cfg["batch_size"]):
+            inputs, targets = windows_at(self.train, batch, self.seq_len)  # (b, T) each
+            _, batch_loss = self.model.forward(inputs, targets)
+            batch_grads = self.model.backward()
+            weight = len(batch) / len(starts)
+            loss += weight * float(batch_loss)
+            if grads is None:
+                grads = batch_grads if weight == 1.0 else {k: g * weight for k, g in batch_grads.items()}
+            else:
+                for name, g in batch_grads.items():
+                    grads[name] += weight * g
+        return loss, grads
+
+    def update(self, grads, lr):
+        weight_decay = self.cfg["weight_decay"]
+        for name, grad in grads.items():
+            self.optimizer.update(self.model.params[name], grad, self.states[name], lr=lr,
+                                  weight_decay=weight_decay if self.decay[name] else 0.0, **self.hyper)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save(self, name):
+        model = self.model
+        path = save_checkpoint(
+            self.folder / name, model, optimizer_state=self.states, step=self.step, loss=self.loss,
+            config=self.cfg, tokenizer=self.tokenizer,
+            rng_states={"batches": self.batch_rng.bit_generator.state,
+                        "dropout": model.dropout_rng.bit_generator.state},
+            extra={"val_loss": self.val_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
+                   "evals_without_improvement": self.evals_without_improvement,
+                   "tokens_seen": self.tokens_seen})
+        self.last_good_checkpoint = str(path)
+        return str(path)
+
+    def save_step_checkpoint(self):
+        self.checkpoints["steps"].append(self.save(f"checkpoint_step_{self.step}.npz"))
+        keep = self.cfg["keep_last_n"]
+        existing = sorted(self.folder.glob("checkpoint_step_*.npz"),
+                          key=lambda p: int(STEP_CHECKPOINT.search(p.name).group(1)))
+        for old in existing[:-keep] if keep else []:
+            old.unlink()
+            if str(old) in self.checkpoints["steps"]:
+                self.checkpoints["steps"].remove(str(old))
+
+    def resume(self, path, tokenizer):
+        info = load_checkpoint(path, self.model, optimizer_state=self.states, tokenizer=tokenizer)
+        saved_optimizer = (info["config"] or {}).get("optimizer")
+        if saved_optimizer is not None and saved_optimizer != self.cfg["optimizer"]:
+            raise ValueError(f"{path} was trained with optimizer={saved_optimizer!r}, this config says "
+                             f"{self.cfg['optimizer']!r}; resume with the same optimizer")
+        self.step, self.loss = info["step"], info["loss"]
+        for name, generator in (("batches", self.batch_rng), ("dropout", self.model.dropout_rng)):
+            if name in info["rng_states"]:
+                generator.bit_generator.state = info["rng_states"][name]
+        extra = info["extra"]
+        best = extra.get("best_val_loss")
+        self.best_val_loss = math.inf if best is None else best
+        self.val_loss = extra.get("val_loss")
+        self.evals_without_improvement = extra.get("evals_without_improvement", 0)
+        self.tokens_seen = extra.get("tokens_seen", self.step * self.windows_per_step * self.seq_len)
+        self.last_good_checkpoint = str(path)
+
+    # ---------------------------------------------------------------- evaluation
+
+    def evaluate(self):
+        """Validation loss; tracks the best (saving checkpoint_best.npz) and the patience count."""
+        cfg = self.cfg
+        self.val_loss = evaluate_loss(self.model, self.val, self.seq_len, cfg["batch_size"], cfg["eval_steps"],
+                                      seed=[cfg["seed"], 2])
+        self.evaluated_at = self.step
+        if self.val_loss < self.best_val_loss - cfg["min_delta"]:
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        if self.val_loss < self.best_val_loss:
+            self.best_val_loss = self.val_loss
+            if self.folder is not None and cfg["save_best"]:
+                self.checkpoints["best"] = self.save("checkpoint_best.npz")
+        return self.val_loss
+
+    def out_of_patience(self):
+        patience = self.cfg["patience"]
+        if patience is None or self.evals_without_improvement < patience:
+            return False
+        self.stopped_early = True
+        self.stopped_because = (f"early stop at step {self.step}: validation loss did not improve by more than "
+                                f"{self.cfg['min_delta']} for {patience} evaluations (best {self.best_val_loss:.4f})")
+        return True
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self, metrics, progress):
+        cfg, model = self.cfg, self.model
+        start_time = time.perf_counter()
+        train_seconds, interval_seconds, interval_tokens = 0.0, 0.0, 0
+        for step in range(self.step, self.total_steps):
+            tick = time.perf_counter()
+            lr = lr_at(step, self.schedule_cfg)
+            starts = (self.order.starts_for_step(step) if self.order is not None
+                      else random_starts(self.batch_rng, len(self.train), self.seq_len, self.windows_per_step))
+            loss, grads = self.forward_backward(starts)
+            grad_norm = clip_grad_norm(grads, cfg["max_grad_norm"]) if math.isfinite(loss) else math.nan
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+                self.stopped_because = (f"diverged at step {step + 1}: {what}; training stopped before updating, "
+                                        f"last good checkpoint: {self.last_good_checkpoint or 'none'}")
+                progress.print(self.stopped_because)
+                break
+            self.update(grads, lr)
+            self.step, self.loss, self.grad_norm = step + 1, loss, grad_norm
+            step_tokens = len(starts) * self.seq_len
+            self.tokens_seen += step_tokens
+            spent = time.perf_counter() - tick
+            train_seconds += spent
+            interval_seconds += spent
+            interval_tokens += step_tokens
+            progress.step(loss)
+
+            at = self.step
+            last = at == self.total_steps
+            evaluating = self.val is not None and (last or (cfg["eval_interval"] and at % cfg["eval_interval"] == 0))
+            logging = last or at == 1 or (cfg["log_interval"] and at % cfg["log_interval"] == 0)
+            record = None
+            if evaluating:
+                self.evaluate()
+                self.out_of_patience()
+            if logging or evaluating:
+                record = dict(step=at, loss=loss, lr=lr, grad_norm=grad_norm,
+                              tokens_per_second=interval_tokens / max(interval_seconds, 1e-9),
+                              elapsed=time.perf_counter() - start_time)
+                if evaluating:
+                    record["val_loss"] = self.val_loss
+                metrics.write(record)
+                progress.print(_log_line(record, self.total_steps))
+                interval_seconds, interval_tokens = 0.0, 0
+            if self.folder is not None and cfg["checkpoint_interval"] and at % cfg["checkpoint_interval"] == 0:
+                self.save_step_checkpoint()
+            if self.tokenizer is not None and cfg["sample_interval"] and at % cfg["sample_interval"] == 0:
+                sample = generate_text(model, self.tokenizer, cfg["sample_prompt"], cfg["sample_length"],
+                                       temperature=0.8, top_k=40, seed=cfg["seed"] + at)
+                progress.print(f"--- sample at step {at} ---\n{sample}\n---")
+            if self.stopped_early:
+                progress.print(self.stopped_because)
+                break
+        return train_seconds, time.perf_counter() - start_time
+
+
+def _finite_or_none(value):
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _log_line(record, total_steps):
+    parts = [f"step {record['step']:>{len(str(total_steps))}}/{total_steps}", f"loss {record['loss']:.4f}"]
+    if "val_loss" in record:
+        parts.append(f"val {record['val_loss']:.4f}")
+    parts += [f"lr {record['lr']:.2e}", f"norm {record['grad_norm']:.3f}",
+              f"{record['tokens_per_second']:,.0f} tok/s", f"{record['elapsed']:.1f} s"]
+    return " | ".join(parts)
+
+
+def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=None, resume_from=None, preset=None):
+    """Train ``model`` on the 1-D stream of token ids ``tokens`` as the config says.
+
+    cfg: a dict of keys from nanollm.config.DEFAULTS (resolved on top of ``preset``).
+    val_tokens: validation ids (default: the last val_fraction of ``tokens``).
+    tokenizer: saved into checkpoints, and needed for samples during training.
+    resume_from: a checkpoint to continue from (same as cfg["resume_from"]).
+
+    Returns a dict: final_loss, final_grad_norm, final_val_loss, final_val_perplexity,
+    best_val_loss, steps, tokens_seen, tokens_per_second, training_time_seconds, history,
+    checkpoints ({"steps": [...], "best": path, "final": path}), last_good_checkpoint,
+    metrics_path, stopped_early, stopped_because (None when the run finished), config.
+    """
+    overrides = [cfg if cfg is not None else {}]
+    if resume_from is not None:
+        overrides.append({"resume_from": str(resume_from)})
+    cfg = resolve(*overrides, preset=preset, sources=["config", "resume_from argument"][:len(overrides)])
+    seq_len = _configure_model(model, cfg)
+    train, val = _split_data(model, tokens, val_tokens, cfg, seq_len)
+    if cfg["sample_interval"] and tokenizer is None:
+        raise ValueError("sample_interval is set but no tokenizer was given; pass tokenizer=... to "
+                         "train_with_config or set sample_interval to 0")
+    resume = cfg["resume_from"]
+    if resume is not None and not Path(resume).is_file():
+        raise ValueError(f"resume_from={resume!r} does not exist; give the path of a checkpoint_*.npz file")
+    resuming_here = (resume is not None and cfg["checkpoint_dir"] is not None
+                     and Path(resume).resolve().parent == Path(cfg["checkpoint_dir"]).resolve())
+    folder = _prepare_checkpoint_dir(cfg, resuming_here)
+
+    previous_backend = backends.current_name()
+    if cfg["backend"] is not None:
+        backends.use(cfg["backend"])
+    try:
+        run = _TrainingRun(model, train, val, cfg, seq_len, tokenizer, folder)
+        if resume is not None:
+            run.resume(resume, tokenizer)
+        metrics = MetricsLog(folder, resume_step=run.step if resuming_here else None)
+        progress = _Progress(run.total_steps, run.step)
+        tokens_before = run.tokens_seen
+        model.train()
+        try:
+            train_seconds, wall_seconds = run.run(metrics, progress)
+            diverged = run.stopped_because is not None and not run.stopped_early
+            if not diverged and run.val is not None and run.evaluated_at != run.step:
+                run.evaluate()  # resumed at the end: nothing trained, but the results report a val loss
+            if not diverged and folder is not None:
+                run.checkpoints["final"] = run.save("checkpoint_final.npz")
+        finally:
+            progress.close()
+    finally:
+        backends.use(previous_backend)
+
+    trained_tokens = run.tokens_seen - tokens_before
+    final_val = run.val_loss if run.val is not None else None
+    return {
+        "final_loss": run.loss, "final_grad_norm": run.grad_norm,
+        "final_val_loss": final_val,
+        "final_val_perplexity": math.exp(final_val) if final_val is not None else None,
+        "best_val_loss": _finite_or_none(run.best_val_loss),
+        "steps": run.step, "tokens_seen": run.tokens_seen,
+        "tokens_per_second": trained_tokens / train_seconds if train_seconds else None,
+        "training_time_seconds": wall_seconds,
+        "history": metrics.records, "checkpoints": run.checkpoints,
+        "last_good_checkpoint": run.last_good_checkpoint,
+        "metrics_path": str(metrics.path) if metrics.path else None,
+        "stopped_early": run.stopped_early, "stopped_because": run.stopped_because, "config": cfg,
+    }
