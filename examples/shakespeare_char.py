@@ -26,7 +26,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="path of tinyshakespeare.txt")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--eval-steps", type=int, default=200, help="validation batches per evaluation")
+    parser.add_argument("--eval-steps", type=int, default=None,
+                        help="validation batches per evaluation (default: the whole validation split)")
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--results", type=Path, default=None, help="write the results (no history) as JSON here")
     parser.add_argument("--seed", type=int, default=1337)

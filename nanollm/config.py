@@ -54,7 +54,7 @@ DEFAULTS = {
     "power": 1.0,                 # polynomial schedule: exponent
     # ---- evaluation and early stopping ----
     "eval_interval": 100,         # steps between validation evaluations (0: only at the end)
-    "eval_steps": 20,             # validation batches per evaluation
+    "eval_steps": 20,             # validation batches per evaluation (None: the whole split, exactly)
     "patience": None,             # evaluations without improvement before stopping (None: never)
     "min_delta": 0.0,             # improvement in val loss that resets the patience
     # ---- checkpoints ----
@@ -77,8 +77,10 @@ DEFAULTS = {
 
 ALIASES = {"max_steps": "num_steps"}
 
-# Types of keys whose default (None) does not tell; int is accepted wherever float is.
+# Types of the keys that may be None (when the default does not tell); int is accepted wherever
+# float is.
 OPTIONAL_TYPES = {
+    "eval_steps": int,
     "vocab_size": int, "embedding_dim": int, "num_layers": int, "ffn_hidden_dim": int, "num_heads": int,
     "num_kv_heads": int, "max_seq_len": int, "epochs": int, "decay_steps": int, "patience": int,
     "checkpoint_dir": str, "resume_from": str, "dropout": float, "dtype": str, "backend": str, "no_decay": list,
@@ -126,8 +128,8 @@ def _type_name(kind):
 def _check_type(key, value, source):
     """Return value converted to the key's type, or raise a ValueError naming key and source."""
     default = DEFAULTS[key]
-    kind = OPTIONAL_TYPES.get(key) if default is None else type(default)
-    if value is None and default is None:
+    kind = OPTIONAL_TYPES.get(key, type(default))
+    if value is None and key in OPTIONAL_TYPES:
         return None
     ok = {
         bool: isinstance(value, bool),

@@ -41,20 +41,28 @@ MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "nu
 STEP_CHECKPOINT = re.compile(r"checkpoint_step_(\d+)\.npz$")
 
 
-def evaluate_loss(model, tokens, seq_len, batch_size, num_batches, seed):
-    """Mean loss over ``num_batches`` random windows of ``tokens`` drawn from ``seed``: the same
-    windows every call, so successive evaluations compare the model, not the sample. Dropout is
-    off while evaluating; the model's mode is restored afterwards."""
-    rng = np.random.default_rng(seed)
-    was_training, losses = model.training, []
+def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0):
+    """Mean loss of ``model`` on ``tokens`` with dropout off (the model's mode is restored).
+
+    num_batches=None: every non-overlapping window of the stream once, an exact figure.
+    Otherwise that many batches of random windows drawn from ``seed``: the same windows every
+    call, so successive evaluations compare the model, not the sample."""
+    if num_batches is None:
+        starts = np.arange(0, len(tokens) - seq_len, seq_len)
+        batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
+    else:
+        rng = np.random.default_rng(seed)
+        batches = [random_starts(rng, len(tokens), seq_len, batch_size) for _ in range(num_batches)]
+    was_training, total, count = model.training, 0.0, 0
     model.eval()
     try:
-        for _ in range(num_batches):
-            inputs, targets = windows_at(tokens, random_starts(rng, len(tokens), seq_len, batch_size), seq_len)
-            losses.append(float(model.forward(inputs, targets)[1]))
+        for starts in batches:
+            inputs, targets = windows_at(tokens, starts, seq_len)
+            total += float(model.forward(inputs, targets)[1]) * len(starts)
+            count += len(starts)
     finally:
         model.training = was_training
-    return float(np.mean(losses))
+    return total / count
 
 
 def _configure_model(model, cfg):

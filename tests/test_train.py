@@ -8,7 +8,7 @@ import pytest
 
 from nanollm import CharTokenizer, TransformerLanguageModel, generate_text, load_checkpoint, train_with_config
 from nanollm import train as train_module
-from nanollm.data import EpochOrder
+from nanollm.data import EpochOrder, windows_at
 from nanollm.metrics import plot_metrics, read_metrics
 from nanollm.optim import decays
 from nanollm.train import evaluate_loss
@@ -212,6 +212,15 @@ def test_explicit_validation_tokens_are_used_whole(ids, text_and_tokenizer):
     val = ids[-500:]
     results = train_with_config(model, ids[:-500], quiet(num_steps=2, seed=4), val_tokens=val)
     assert results["final_val_loss"] == evaluate_loss(model, val, 16, 4, 2, seed=[4, 2])
+
+
+def test_whole_split_evaluation_weighs_every_window_once(ids, text_and_tokenizer):
+    model = tiny_model(text_and_tokenizer[1].vocab_size, dtype="float64")
+    val = ids[:100]  # windows start at 0, 16, ..., 80: batches of 4 and 2
+    per_window = [float(model.forward(*windows_at(val, [start], 16))[1]) for start in range(0, 81, 16)]
+    assert evaluate_loss(model, val, 16, batch_size=4) == pytest.approx(np.mean(per_window), rel=1e-12)
+    results = train_with_config(model, ids, quiet(num_steps=1, eval_steps=None))
+    assert results["final_val_loss"] == evaluate_loss(model, ids[-2000:], 16, 4)
 
 
 def test_epochs_walk_every_window_once_per_epoch_in_a_new_order():

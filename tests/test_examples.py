@@ -1,0 +1,30 @@
+"""The example scripts run (in a few steps) and print what they measured."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"Tiny Shakespeare is not at {SHAKESPEARE}")
+def test_shakespeare_char_example_trains_and_reports(tmp_path):
+    result = subprocess.run([sys.executable, "examples/shakespeare_char.py", "--steps", "20", "--eval-steps", "2",
+                             "--results", str(tmp_path / "results.json"), "--checkpoint-dir", str(tmp_path / "ck")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    assert "vocabulary 65, train 1,003,854 / val 111,540 tokens" in result.stdout
+    assert "val loss" in result.stdout and "tokens/s" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["steps"] == 20 and results["final_val_loss"] < 4.2
+    assert results["config"]["embedding_dim"] == 128 and results["config"]["lr_schedule"] == "cosine"
+    assert (tmp_path / "ck" / "checkpoint_final.npz").is_file()
+
+
+def test_shakespeare_char_example_without_the_data_says_where_to_get_it(tmp_path):
+    result = subprocess.run([sys.executable, "examples/shakespeare_char.py", "--data", str(tmp_path / "none.txt")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "pass --data PATH/tinyshakespeare.txt" in result.stderr
