@@ -173,7 +173,7 @@ class _TrainingRun:
         self.loss = self.grad_norm = self.val_loss = self.evaluated_at = None
         self.checkpoints = {"steps": [], "best": None, "final": None}
         self.last_good_checkpoint = None
-        self.stopped_early, self.stopped_because = False, None
+        self.stopped_early, self.diverged, self.stopped_because = False, False, None
 
     # ---------------------------------------------------------------- one optimizer step
 
@@ -285,6 +285,7 @@ class _TrainingRun:
             grad_norm = clip_grad_norm(grads, cfg["max_grad_norm"]) if math.isfinite(loss) else math.nan
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+                self.diverged = True
                 self.stopped_because = (f"diverged at step {step + 1}: {what}; training stopped before updating, "
                                         f"last good checkpoint: {self.last_good_checkpoint or 'none'}")
                 progress.print(self.stopped_because)
@@ -352,7 +353,7 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
     Returns a dict: final_loss, final_grad_norm, final_val_loss, final_val_perplexity,
     best_val_loss, steps, tokens_seen, tokens_per_second, training_time_seconds, history,
     checkpoints ({"steps": [...], "best": path, "final": path}), last_good_checkpoint,
-    metrics_path, stopped_early, stopped_because (None when the run finished), config.
+    metrics_path, stopped_early, diverged, stopped_because (None when the run finished), config.
     """
     overrides = [cfg if cfg is not None else {}]
     if resume_from is not None:
@@ -383,10 +384,9 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
         model.train()
         try:
             train_seconds, wall_seconds = run.run(metrics, progress)
-            diverged = run.stopped_because is not None and not run.stopped_early
-            if not diverged and run.val is not None and run.evaluated_at != run.step:
+            if not run.diverged and run.val is not None and run.evaluated_at != run.step:
                 run.evaluate()  # resumed at the end: nothing trained, but the results report a val loss
-            if not diverged and folder is not None:
+            if not run.diverged and folder is not None:
                 run.checkpoints["final"] = run.save("checkpoint_final.npz")
         finally:
             progress.close()
@@ -406,5 +406,6 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
         "history": metrics.records, "checkpoints": run.checkpoints,
         "last_good_checkpoint": run.last_good_checkpoint,
         "metrics_path": str(metrics.path) if metrics.path else None,
-        "stopped_early": run.stopped_early, "stopped_because": run.stopped_because, "config": cfg,
+        "stopped_early": run.stopped_early, "diverged": run.diverged, "stopped_because": run.stopped_because,
+        "config": cfg,
     }

@@ -16,7 +16,7 @@ from nanollm.train import evaluate_loss
 SAMPLE = "data/raw/sample.txt"
 RESULT_KEYS = {"final_loss", "final_grad_norm", "final_val_loss", "final_val_perplexity", "best_val_loss", "steps",
                "tokens_seen", "tokens_per_second", "training_time_seconds", "history", "checkpoints",
-               "last_good_checkpoint", "metrics_path", "stopped_early", "stopped_because", "config"}
+               "last_good_checkpoint", "metrics_path", "stopped_early", "diverged", "stopped_because", "config"}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_training_lowers_the_loss_and_reports_every_result(ids, text_and_tokeniz
     assert results["best_val_loss"] == min(history[2]["val_loss"], history[4]["val_loss"])
     assert results["steps"] == 40 and results["tokens_seen"] == 40 * 4 * 16
     assert results["tokens_per_second"] > 0 and results["training_time_seconds"] > 0
-    assert results["stopped_early"] is False and results["stopped_because"] is None
+    assert results["stopped_early"] is False and results["diverged"] is False and results["stopped_because"] is None
     assert results["config"]["num_steps"] == 40 and results["config"]["checkpoint_dir"] == str(tmp_path)
     assert read_metrics(results["metrics_path"]) == history
     assert set(history[-1]) == {"step", "loss", "val_loss", "lr", "grad_norm", "tokens_per_second", "elapsed"}
@@ -174,7 +174,7 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(ids, text_a
     results = train_with_config(model, ids, quiet(num_steps=10, checkpoint_interval=2, val_fraction=0.0,
                                                   checkpoint_dir=str(tmp_path)))
     good = str(tmp_path / "checkpoint_step_4.npz")
-    assert results["steps"] == 4 and results["last_good_checkpoint"] == good
+    assert results["steps"] == 4 and results["last_good_checkpoint"] == good and results["diverged"]
     assert results["stopped_because"].startswith("diverged at step 5: loss is nan")
     assert "diverged at step 5" in capsys.readouterr().out
     assert results["checkpoints"]["final"] is None and not (tmp_path / "checkpoint_final.npz").exists()
