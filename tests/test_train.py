@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -340,3 +341,40 @@ def test_the_nano_llm_script_end_to_end(tmp_path):
                          seed=42) == expected
     assert sorted(p.name for p in (tmp_path / "nano").glob("checkpoint_step_*")) == [
         "checkpoint_step_100.npz", "checkpoint_step_150.npz", "checkpoint_step_50.npz"]
+
+
+TINY_RUN = """
+import numpy as np
+from nanollm import GPT, train_with_config
+model = GPT(vocab_size=10, embedding_dim=16, num_layers=1, num_heads=2, max_seq_len=8, seed=0)
+train_with_config(model, np.arange(2000) % 10, {"num_steps": 30, "log_interval": 10, "eval_steps": 2})
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_a_terminal_gets_a_progress_bar_and_a_pipe_plain_lines():
+    pytest.importorskip("tqdm", reason="tqdm is not installed")
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: python on a 120-column terminal
+        os.execv(sys.executable, [sys.executable, "-c", TINY_RUN])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child has exited
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.waitpid(pid, 0)
+    assert b"30/30 [" in terminal and b"step/s" in terminal and b"step 30/30 | loss" in terminal
+    piped = subprocess.run([sys.executable, "-c", TINY_RUN], capture_output=True, text=True, check=True)
+    assert "step/s" not in piped.stdout + piped.stderr and "step 30/30 | loss" in piped.stdout
