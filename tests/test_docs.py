@@ -20,6 +20,7 @@ def code_blocks(doc, language):
 # Commands the docs show that a test elsewhere runs (in a smaller form).
 COVERED_ELSEWHERE = {
     "python examples/shakespeare_char.py": "tests/test_examples.py",
+    "python examples/shakespeare_char_pytorch.py": "tests/test_examples.py",
 }
 
 

@@ -28,3 +28,12 @@ def test_shakespeare_char_example_without_the_data_says_where_to_get_it(tmp_path
     result = subprocess.run([sys.executable, "examples/shakespeare_char.py", "--data", str(tmp_path / "none.txt")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "pass --data PATH/tinyshakespeare.txt" in result.stderr
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"Tiny Shakespeare is not at {SHAKESPEARE}")
+def test_pytorch_side_by_side_example_trains_and_reports():
+    pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0 to compare")
+    result = subprocess.run([sys.executable, "examples/shakespeare_char_pytorch.py", "--steps", "20"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    loss = float(result.stdout.split("val loss ")[1].split()[0])
+    assert 2.5 < loss < 4.2 and "tokens/s" in result.stdout
