@@ -84,7 +84,8 @@ def test_generate_rejects_bad_settings(tiny_model_and_tokenizer, kwargs, message
 def test_demo_command_trains_and_the_loss_falls():
     result = subprocess.run([sys.executable, "-m", "nanollm", "--steps", "50"], capture_output=True, text=True,
                             timeout=300, check=True)
-    losses = [float(line.split("loss ")[1].split()[0]) for line in result.stdout.splitlines() if line.startswith("step")]
+    log_lines = [line for line in result.stdout.splitlines() if line.startswith("step")]
+    losses = [float(line.split("loss ")[1].split()[0]) for line in log_lines]
     assert losses[0] > 3.5 and losses[-1] < losses[0] - 1.0, result.stdout
     assert "after training" in result.stdout
 
