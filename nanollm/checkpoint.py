@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from nanollm import backends
+from nanollm.model import TransformerLanguageModel
+from nanollm.tokenizers import tokenizer_from_dict
 
 FORMAT_VERSION = 1
 KIND = "nanollm-checkpoint"
@@ -137,9 +139,6 @@ def load_checkpoint(path, model=None, optimizer_state=None, tokenizer=None):
     optimizer_state, when given, is filled in place (as built by the optimizer's init()).
     A tokenizer, when given, must equal the one saved. Returns a dict: step, loss, config,
     model_config, model, tokenizer (rebuilt from the file, or None), rng_states, extra."""
-    from nanollm.model import TransformerLanguageModel
-    from nanollm.tokenizers import tokenizer_from_dict
-
     metadata, arrays = read_checkpoint(path)
     if model is None:
         model = TransformerLanguageModel(**metadata["model_config"])

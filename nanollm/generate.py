@@ -35,15 +35,11 @@ def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=
         raise ValueError("generation needs a prompt of at least one token")
     rng = np.random.default_rng(seed)
     ids = [int(i) for i in ids]
-    was_training = model.training
-    model.eval()
-    try:
+    with model.evaluating():
         for _ in range(max_new_tokens):
             context = np.asarray(ids[-model.max_seq_len:], dtype=np.int64)[None, :]  # (1, T)
             logits, _ = model.forward(context)
             ids.append(_sample_next(np.asarray(logits[0, -1], dtype=np.float64), rng, temperature, top_k, top_p))
-    finally:
-        model.training = was_training
     return ids
 
 

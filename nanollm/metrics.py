@@ -1,4 +1,5 @@
-"""Training metrics: metrics.jsonl (one JSON record per logged step) and loss-curve plots.
+"""How a run reports itself: metrics.jsonl (one JSON record per logged step), the console
+(a progress bar or log lines), and loss-curve plots.
 
     records = read_metrics("checkpoints/run/metrics.jsonl")
     plot_metrics("checkpoints/run/metrics.jsonl", "checkpoints/run/curves.png")
@@ -9,6 +10,7 @@ elapsed seconds; records of evaluation steps add val_loss.
 
 import json
 import math
+import sys
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
@@ -52,6 +54,44 @@ class MetricsLog:
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def log_line(record, total_steps):
+    """One record as a console line: step, loss, val, lr, norm, tokens/s, elapsed."""
+    parts = [f"step {record['step']:>{len(str(total_steps))}}/{total_steps}", f"loss {record['loss']:.4f}"]
+    if "val_loss" in record:
+        parts.append(f"val {record['val_loss']:.4f}")
+    parts += [f"lr {record['lr']:.2e}", f"norm {record['grad_norm']:.3f}",
+              f"{record['tokens_per_second']:,.0f} tok/s", f"{record['elapsed']:.1f} s"]
+    return " | ".join(parts)
+
+
+class Progress:
+    """A tqdm bar when stderr is a terminal (and tqdm is installed); plain log lines otherwise."""
+
+    def __init__(self, total, initial):
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def step(self, loss):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(1)
+
+    def print(self, line):
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def plot_metrics(source, path, title=None):

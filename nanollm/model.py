@@ -10,6 +10,7 @@ functions in exactly the reverse order, so the two read as mirror images.
 """
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -166,6 +167,16 @@ class TransformerLanguageModel:
         """Evaluation mode: dropout is the identity."""
         self.training = False
         return self
+
+    @contextmanager
+    def evaluating(self):
+        """Evaluation mode inside a ``with`` block; the previous mode is restored after it."""
+        was_training = self.training
+        self.training = False
+        try:
+            yield self
+        finally:
+            self.training = was_training
 
     # ----------------------------------------------------------------------------- checks
 

@@ -21,7 +21,6 @@ with the same parameters, bit for bit, as one that never stopped.
 
 import math
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from nanollm.config import resolve
 from nanollm.data import (EpochOrder, as_token_array, micro_batches, random_starts, require_windows,
                           split_train_val, windows_at)
 from nanollm.generate import generate_text
-from nanollm.metrics import METRICS_FILE, MetricsLog
+from nanollm.metrics import METRICS_FILE, MetricsLog, Progress, log_line
 from nanollm.optim import OPTIMIZERS, clip_grad_norm, decays, hyperparameters
 from nanollm.schedule import lr_at
 
@@ -53,15 +52,12 @@ def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0):
     else:
         rng = np.random.default_rng(seed)
         batches = [random_starts(rng, len(tokens), seq_len, batch_size) for _ in range(num_batches)]
-    was_training, total, count = model.training, 0.0, 0
-    model.eval()
-    try:
+    total, count = 0.0, 0
+    with model.evaluating():
         for starts in batches:
             inputs, targets = windows_at(tokens, starts, seq_len)
             total += float(model.forward(inputs, targets)[1]) * len(starts)
             count += len(starts)
-    finally:
-        model.training = was_training
     return total / count
 
 
@@ -118,34 +114,6 @@ def _prepare_checkpoint_dir(cfg, resuming_here):
         for path in earlier:
             path.unlink()
     return folder
-
-
-class _Progress:
-    """A tqdm bar when stderr is a terminal (and tqdm is installed); plain log lines otherwise."""
-
-    def __init__(self, total, initial):
-        self.bar = None
-        if sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-    def step(self, loss):
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            self.bar.update(1)
-
-    def print(self, line):
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 class _TrainingRun:
@@ -315,7 +283,7 @@ class _TrainingRun:
                 if evaluating:
                     record["val_loss"] = self.val_loss
                 metrics.write(record)
-                progress.print(_log_line(record, self.total_steps))
+                progress.print(log_line(record, self.total_steps))
                 interval_seconds, interval_tokens = 0.0, 0
             if self.folder is not None and cfg["checkpoint_interval"] and at % cfg["checkpoint_interval"] == 0:
                 self.save_step_checkpoint()
@@ -331,15 +299,6 @@ class _TrainingRun:
 
 def _finite_or_none(value):
     return value if value is not None and math.isfinite(value) else None
-
-
-def _log_line(record, total_steps):
-    parts = [f"step {record['step']:>{len(str(total_steps))}}/{total_steps}", f"loss {record['loss']:.4f}"]
-    if "val_loss" in record:
-        parts.append(f"val {record['val_loss']:.4f}")
-    parts += [f"lr {record['lr']:.2e}", f"norm {record['grad_norm']:.3f}",
-              f"{record['tokens_per_second']:,.0f} tok/s", f"{record['elapsed']:.1f} s"]
-    return " | ".join(parts)
 
 
 def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=None, resume_from=None, preset=None):
@@ -379,7 +338,7 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
         if resume is not None:
             run.resume(resume, tokenizer)
         metrics = MetricsLog(folder, resume_step=run.step if resuming_here else None)
-        progress = _Progress(run.total_steps, run.step)
+        progress = Progress(run.total_steps, run.step)
         tokens_before = run.tokens_seen
         model.train()
         try:
