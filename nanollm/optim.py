@@ -47,24 +47,11 @@ def adam_init(param):
     return {"m": xp.zeros_like(param), "v": xp.zeros_like(param), "step": 0}
 
 
-def _adam_moments_step(param, grad, state, lr, beta1, beta2, eps):
-    """The shared Adam core: update the moments, then param -= lr * m_hat / (sqrt(v_hat) + eps)."""
-    state["step"] += 1
-    t = state["step"]
-    m, v = state["m"], state["v"]
-    m *= beta1
-    m += (1.0 - beta1) * grad
-    v *= beta2
-    v += (1.0 - beta2) * grad * grad
-    xp = backends.array_module(param)
-    m_hat = m / (1.0 - beta1**t)
-    v_hat = v / (1.0 - beta2**t)
-    param -= lr * m_hat / (xp.sqrt(v_hat) + eps)
-
-
 def adam_update(param, grad, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
     """Adam (Kingma & Ba) with L2 weight decay folded into the gradient, as torch.optim.Adam."""
-    _adam_moments_step(param, grad + weight_decay * param if weight_decay else grad, state, lr, beta1, beta2, eps)
+    state["step"] += 1
+    grad = grad + weight_decay * param if weight_decay else grad
+    backends.current().adamw_step(param, grad, state["m"], state["v"], lr, beta1, beta2, eps, 0.0, state["step"])
 
 
 def adamw_update(param, grad, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
@@ -74,9 +61,9 @@ def adamw_update(param, grad, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weigh
     m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g^2
     param -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
     """
-    if weight_decay:
-        param *= 1.0 - lr * weight_decay
-    _adam_moments_step(param, grad, state, lr, beta1, beta2, eps)
+    state["step"] += 1
+    backends.current().adamw_step(param, grad, state["m"], state["v"], lr, beta1, beta2, eps, weight_decay,
+                                  state["step"])
 
 
 adamw_init = adam_init
@@ -140,11 +127,8 @@ def hyperparameters(cfg):
 
 def global_grad_norm(grads):
     """The L2 norm of all gradients taken together, as one float."""
-    total = 0.0
-    for g in grads.values():
-        xp = backends.array_module(g)
-        total += float(xp.sum(g.astype(xp.float64) ** 2))
-    return total**0.5
+    sum_of_squares = backends.current().sum_of_squares
+    return sum(sum_of_squares(g) for g in grads.values()) ** 0.5
 
 
 def clip_grad_norm(grads, max_norm):

@@ -34,11 +34,14 @@ PRIMITIVES = (
     "cross_entropy_forward",
     "cross_entropy_backward",
     "embedding_backward",
+    "adamw_step",
+    "sum_of_squares",
 )
 
 # name -> (module, hint shown when it cannot load). Order is the preference order of "auto".
 _REGISTRY = {
     "numpy": ("nanollm.backends.numpy_ref", "numpy is a core dependency: reinstall with `pip install .`"),
+    "numba": ("nanollm.backends.numba_cpu", "numba is a core dependency: reinstall with `pip install .`"),
 }
 _AUTO_ORDER = ("numpy",)
 

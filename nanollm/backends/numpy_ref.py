@@ -125,3 +125,29 @@ def embedding_backward(dout, ids, num_embeddings):
     dtable = np.zeros((num_embeddings, dout.shape[-1]), dtype=dout.dtype)
     np.add.at(dtable, ids, dout)
     return dtable
+
+
+def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW update, in place on param, m and v (all the same shape), as torch.optim.AdamW:
+
+    param *= 1 - lr * weight_decay                       (decoupled decay; 0 turns it off)
+    m = beta1 m + (1 - beta1) grad ;  v = beta2 v + (1 - beta2) grad^2
+    param -= lr * (m / (1 - beta1^step)) / (sqrt(v / (1 - beta2^step)) + eps)
+
+    step counts from 1. Adam with L2 decay is this with the decay folded into grad first."""
+    if weight_decay:
+        param *= 1.0 - lr * weight_decay
+    m *= beta1
+    m += (1.0 - beta1) * grad
+    v *= beta2
+    v += (1.0 - beta2) * grad * grad
+    m_hat = m / (1.0 - beta1**step)
+    v_hat = v / (1.0 - beta2**step)
+    param -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def sum_of_squares(x):
+    """sum(x^2) over every element, accumulated in float64, as a Python float (for the global
+    gradient norm: the sum over all parameters of this, then a square root)."""
+    x64 = x.astype(np.float64, copy=False)
+    return float(np.vdot(x64.ravel(), x64.ravel()))

@@ -1,0 +1,405 @@
+"""numba_cpu: the primitives as fused @njit kernels, one pass over memory each.
+
+Why this backend exists: outside its matrix products a train step is a dozen elementwise and
+row-wise passes (layernorm, GELU, softmax, cross-entropy, AdamW). NumPy makes each of them
+several passes with a temporary array per operator; a kernel here reads its inputs once and
+writes its outputs once, and ``prange`` spreads rows over the cores.
+
+Rules the kernels keep:
+- Matrix products stay on BLAS (``matmul`` is NumPy's): nothing written here beats sgemm.
+- ``cache=True``: compiled once per machine into ``__pycache__``, then loaded in milliseconds.
+  Nothing compiles at import; the first call of each kernel per dtype compiles it.
+- ``FASTMATH`` allows reassociation (vectorised sums) and contraction (FMA) but not the
+  "no NaN / no Inf" assumptions: a NaN loss must stay NaN so training can stop on it.
+- Sums (means, variances, softmax normalisers) accumulate in float64, also for float32 data.
+- float32 GELU uses a rational tanh (Eigen's, error < 1 ulp after rounding to float32) because
+  LLVM vectorises it and not libm's tanhf; float64 uses the exact ``math.tanh``.
+- Rows of the causal softmax never touch their masked (future) half.
+
+Shapes: ``...`` is any number of leading axes; wrappers flatten them to rows (N, C).
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from nanollm.backends import numpy_ref
+
+FASTMATH = {"reassoc", "contract", "arcp", "nsz"}  # no "nnan"/"ninf": NaN and Inf propagate
+_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+_serial_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+_inline = njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+
+GELU_SCALE, GELU_CUBIC = numpy_ref.GELU_SCALE, numpy_ref.GELU_CUBIC
+_TANH_CLAMP = 7.90531110763549805  # beyond it tanh(x) rounds to +-1 in float32
+
+
+def matmul(a, b):
+    """BLAS, as numpy_ref: a (..., M, K) @ b (..., K, N) -> (..., M, N)."""
+    return np.matmul(a, b)
+
+
+def _rows(x):
+    """x (..., C) -> a C-contiguous (N, C) view (a copy only when x is not contiguous)."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+@_kernel
+def _softmax_forward_rows(x, out):  # x, out: (N, C)
+    for i in prange(x.shape[0]):
+        row_max = x[i, 0]
+        for j in range(1, x.shape[1]):
+            row_max = max(row_max, x[i, j])
+        total = 0.0
+        for j in range(x.shape[1]):
+            e = math.exp(x[i, j] - row_max)
+            out[i, j] = e
+            total += e
+        inv = 1.0 / total
+        for j in range(x.shape[1]):
+            out[i, j] *= inv
+
+
+@_kernel
+def _softmax_backward_rows(dprobs, probs, dx):  # all (N, C)
+    for i in prange(probs.shape[0]):
+        dot = 0.0
+        for j in range(probs.shape[1]):
+            dot += dprobs[i, j] * probs[i, j]
+        for j in range(probs.shape[1]):
+            dx[i, j] = probs[i, j] * (dprobs[i, j] - dot)
+
+
+def softmax_forward(x):
+    """Softmax over the last axis (see numpy_ref)."""
+    rows = _rows(x)
+    out = np.empty_like(rows)
+    _softmax_forward_rows(rows, out)
+    return out.reshape(x.shape)
+
+
+def softmax_backward(dprobs, probs):
+    """p * (dp - sum(dp * p)) row by row (see numpy_ref)."""
+    p = _rows(probs)
+    dx = np.empty_like(p)
+    _softmax_backward_rows(_rows(dprobs), p, dx)
+    return dx.reshape(probs.shape)
+
+
+# ----------------------------------------------------------------------------- causal softmax
+
+
+@_kernel
+def _causal_softmax_forward(scores, scale, probs):  # scores, probs: (M, Tq, Tk)
+    num_queries, num_keys = scores.shape[1], scores.shape[2]
+    for m in prange(scores.shape[0]):
+        for i in range(num_queries):
+            visible = num_keys - num_queries + i + 1  # keys 0 .. visible-1 are in the past
+            row_max = scores[m, i, 0] * scale
+            for j in range(1, visible):
+                row_max = max(row_max, scores[m, i, j] * scale)
+            total = 0.0
+            for j in range(visible):
+                e = math.exp(scores[m, i, j] * scale - row_max)
+                probs[m, i, j] = e
+                total += e
+            inv = 1.0 / total
+            for j in range(visible):
+                probs[m, i, j] *= inv
+            for j in range(visible, num_keys):
+                probs[m, i, j] = 0.0
+
+
+@_kernel
+def _causal_softmax_backward(dprobs, probs, scale, dscores):  # all (M, Tq, Tk)
+    num_queries, num_keys = probs.shape[1], probs.shape[2]
+    for m in prange(probs.shape[0]):
+        for i in range(num_queries):
+            visible = num_keys - num_queries + i + 1
+            dot = 0.0
+            for j in range(visible):
+                dot += dprobs[m, i, j] * probs[m, i, j]
+            for j in range(visible):
+                dscores[m, i, j] = scale * probs[m, i, j] * (dprobs[m, i, j] - dot)
+            for j in range(visible, num_keys):
+                dscores[m, i, j] = 0.0
+
+
+def _stack(x):
+    """x (..., Tq, Tk) -> a contiguous (M, Tq, Tk) view."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-2], x.shape[-1])
+
+
+def causal_softmax_forward(scores, scale):
+    """Masked, scaled softmax over the keys each query may see (see numpy_ref)."""
+    s = _stack(scores)
+    probs = np.empty_like(s)
+    _causal_softmax_forward(s, s.dtype.type(scale), probs)
+    return probs.reshape(scores.shape)
+
+
+def causal_softmax_backward(dprobs, probs, scale):
+    """d scores from d probs, visible entries only; the masked ones are 0 (see numpy_ref)."""
+    p = _stack(probs)
+    dscores = np.empty_like(p)
+    _causal_softmax_backward(_stack(dprobs), p, p.dtype.type(scale), dscores)
+    return dscores.reshape(probs.shape)
+
+
+# ----------------------------------------------------------------------------- layernorm
+
+
+@_kernel
+def _layernorm_forward_rows(x, weight, bias, eps, out, mean, rstd):  # x, out: (N, C); mean, rstd: (N,)
+    channels = x.shape[1]
+    for i in prange(x.shape[0]):
+        total = 0.0
+        for j in range(channels):
+            total += x[i, j]
+        mu = total / channels
+        sq = 0.0
+        for j in range(channels):
+            d = x[i, j] - mu
+            sq += d * d
+        r = 1.0 / math.sqrt(sq / channels + eps)
+        for j in range(channels):
+            out[i, j] = (x[i, j] - mu) * r * weight[j] + bias[j]
+        mean[i] = mu
+        rstd[i] = r
+
+
+@_kernel
+def _layernorm_backward_rows(dout, x, weight, mean, rstd, dx, dweight_parts, dbias_parts):
+    """dx (N, C) row by row; the (N, C) -> (C,) sums of dweight and dbias go into one partial
+    row per chunk of rows (dweight_parts, dbias_parts: (chunks, C), float64), summed after."""
+    rows, channels = x.shape
+    chunks = dweight_parts.shape[0]
+    for c in prange(chunks):
+        for i in range(c * rows // chunks, (c + 1) * rows // chunks):
+            mu, r = mean[i], rstd[i]
+            g_mean = 0.0
+            gx_mean = 0.0
+            for j in range(channels):
+                xhat = (x[i, j] - mu) * r
+                g = dout[i, j] * weight[j]
+                g_mean += g
+                gx_mean += g * xhat
+                dweight_parts[c, j] += dout[i, j] * xhat
+                dbias_parts[c, j] += dout[i, j]
+            g_mean /= channels
+            gx_mean /= channels
+            for j in range(channels):
+                xhat = (x[i, j] - mu) * r
+                dx[i, j] = r * (dout[i, j] * weight[j] - g_mean - xhat * gx_mean)
+
+
+def _num_chunks(rows):
+    """How many partial-sum rows a reduction over rows uses: enough to keep every thread busy,
+    few enough that summing them afterwards costs nothing."""
+    return max(1, min(rows, 16))
+
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """-> out (..., C), mean (...), rstd (...) (see numpy_ref)."""
+    rows = _rows(x)
+    out = np.empty_like(rows)
+    mean = np.empty(rows.shape[0], dtype=x.dtype)
+    rstd = np.empty(rows.shape[0], dtype=x.dtype)
+    _layernorm_forward_rows(rows, weight, bias, x.dtype.type(eps), out, mean, rstd)
+    return out.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+
+def layernorm_backward(dout, x, weight, mean, rstd):
+    """-> dx (..., C), dweight (C,), dbias (C,) (see numpy_ref)."""
+    rows = _rows(x)
+    dx = np.empty_like(rows)
+    chunks = _num_chunks(rows.shape[0])
+    dweight_parts = np.zeros((chunks, rows.shape[1]))
+    dbias_parts = np.zeros((chunks, rows.shape[1]))
+    _layernorm_backward_rows(_rows(dout), rows, weight, mean.reshape(-1), rstd.reshape(-1), dx,
+                             dweight_parts, dbias_parts)
+    dtype = x.dtype
+    return dx.reshape(x.shape), dweight_parts.sum(axis=0).astype(dtype), dbias_parts.sum(axis=0).astype(dtype)
+
+
+# ----------------------------------------------------------------------------- GELU
+
+
+@_inline
+def _tanh_float32(x):
+    """tanh for float32: a clamp and a 13/6 rational polynomial (Eigen's ptanh_float)."""
+    c = np.float32(_TANH_CLAMP)
+    x = c if x > c else x
+    x = -c if x < -c else x
+    x2 = x * x
+    p = np.float32(-2.76076847742355e-16)
+    p = p * x2 + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    q = np.float32(1.19825839466702e-06)
+    q = q * x2 + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    return x * p / q
+
+
+@_kernel
+def _gelu_forward_float32(x, out):  # x, out: (n,) float32
+    s, c, half, one = np.float32(GELU_SCALE), np.float32(GELU_CUBIC), np.float32(0.5), np.float32(1.0)
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = half * v * (one + _tanh_float32(s * (v + c * v * v * v)))
+
+
+@_kernel
+def _gelu_backward_float32(dout, x, dx):  # all (n,) float32
+    s, c, half, one = np.float32(GELU_SCALE), np.float32(GELU_CUBIC), np.float32(0.5), np.float32(1.0)
+    c3 = np.float32(3.0 * GELU_CUBIC)
+    for i in prange(x.size):
+        v = x[i]
+        t = _tanh_float32(s * (v + c * v * v * v))
+        dx[i] = dout[i] * (half * (one + t) + half * v * (one - t * t) * s * (one + c3 * v * v))
+
+
+@_kernel
+def _gelu_forward_exact(x, out):  # float64 (or any dtype): math.tanh
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = 0.5 * v * (1.0 + math.tanh(GELU_SCALE * (v + GELU_CUBIC * v * v * v)))
+
+
+@_kernel
+def _gelu_backward_exact(dout, x, dx):
+    for i in prange(x.size):
+        v = x[i]
+        t = math.tanh(GELU_SCALE * (v + GELU_CUBIC * v * v * v))
+        dx[i] = dout[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * v * v))
+
+
+def gelu_forward(x):
+    """GELU, tanh form, elementwise (see numpy_ref)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty_like(flat)
+    (_gelu_forward_float32 if x.dtype == np.float32 else _gelu_forward_exact)(flat, out)
+    return out.reshape(x.shape)
+
+
+def gelu_backward(dout, x):
+    """dout * GELU'(x), elementwise (see numpy_ref)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    dx = np.empty_like(flat)
+    kernel = _gelu_backward_float32 if x.dtype == np.float32 else _gelu_backward_exact
+    kernel(np.ascontiguousarray(dout, dtype=x.dtype).reshape(-1), flat, dx)
+    return dx.reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+
+@_kernel
+def _cross_entropy_forward_rows(logits, targets, ignore_index, losses, lse):  # (N, V), (N,), ...
+    for i in prange(logits.shape[0]):
+        row_max = logits[i, 0]
+        for j in range(1, logits.shape[1]):
+            row_max = max(row_max, logits[i, j])
+        total = 0.0
+        for j in range(logits.shape[1]):
+            total += math.exp(logits[i, j] - row_max)
+        log_norm = row_max + math.log(total)
+        lse[i] = log_norm
+        losses[i] = 0.0 if targets[i] == ignore_index else log_norm - logits[i, targets[i]]
+
+
+@_kernel
+def _cross_entropy_backward_rows(dlosses, logits, targets, lse, ignore_index, dlogits):
+    for i in prange(logits.shape[0]):
+        if targets[i] == ignore_index:
+            for j in range(logits.shape[1]):
+                dlogits[i, j] = 0.0
+            continue
+        scale, log_norm = dlosses[i], lse[i]
+        for j in range(logits.shape[1]):
+            dlogits[i, j] = math.exp(logits[i, j] - log_norm) * scale
+        dlogits[i, targets[i]] -= scale
+
+
+def cross_entropy_forward(logits, targets, ignore_index):
+    """-> losses (N,), logsumexp (N,) (see numpy_ref)."""
+    rows = _rows(logits)
+    losses = np.empty(rows.shape[0], dtype=logits.dtype)
+    lse = np.empty(rows.shape[0], dtype=logits.dtype)
+    _cross_entropy_forward_rows(rows, np.ascontiguousarray(targets, dtype=np.int64), ignore_index, losses, lse)
+    return losses, lse
+
+
+def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
+    """-> dlogits (N, V) = (softmax - onehot) * dlosses, 0 on ignored rows (see numpy_ref)."""
+    rows = _rows(logits)
+    dlogits = np.empty_like(rows)
+    _cross_entropy_backward_rows(np.ascontiguousarray(dlosses, dtype=logits.dtype), rows,
+                                 np.ascontiguousarray(targets, dtype=np.int64), lse, ignore_index, dlogits)
+    return dlogits
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+@_serial_kernel
+def _scatter_add_rows(dout, ids, dtable):  # dout (N, C), ids (N,), dtable (V, C)
+    for n in range(ids.shape[0]):
+        row = ids[n]
+        for j in range(dout.shape[1]):
+            dtable[row, j] += dout[n, j]
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    """Scatter-add of dout (N, C) rows into a (num_embeddings, C) table (see numpy_ref).
+    Serial: rows of the table collide, and the pass is tiny next to the matmuls."""
+    rows = _rows(dout)
+    dtable = np.zeros((num_embeddings, rows.shape[1]), dtype=dout.dtype)
+    _scatter_add_rows(rows, np.ascontiguousarray(ids, dtype=np.int64), dtable)
+    return dtable
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+@_kernel
+def _adamw_step(param, grad, m, v, lr, beta1, beta2, eps, decay, bias1, bias2):  # all (n,)
+    for i in prange(param.size):
+        g = grad[i]
+        mi = beta1 * m[i] + (1.0 - beta1) * g
+        vi = beta2 * v[i] + (1.0 - beta2) * g * g
+        m[i] = mi
+        v[i] = vi
+        param[i] = param[i] * decay - lr * (mi / bias1) / (math.sqrt(vi / bias2) + eps)
+
+
+def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """AdamW in one pass over param, grad, m and v, in place (see numpy_ref)."""
+    if not (param.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
+        return numpy_ref.adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
+    f = param.dtype.type
+    _adamw_step(param.reshape(-1), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1),
+                m.reshape(-1), v.reshape(-1), f(lr), f(beta1), f(beta2), f(eps), f(1.0 - lr * weight_decay),
+                f(1.0 - beta1**step), f(1.0 - beta2**step))
+
+
+@_kernel
+def _sum_of_squares(x):  # x: (n,)
+    total = 0.0
+    for i in prange(x.size):
+        total += np.float64(x[i]) * np.float64(x[i])
+    return total
+
+
+def sum_of_squares(x):
+    """sum(x^2) in float64, one pass, no temporary (see numpy_ref)."""
+    return float(_sum_of_squares(np.ascontiguousarray(x).reshape(-1)))
