@@ -42,6 +42,9 @@ PRIMITIVES = (
 _REGISTRY = {
     "numpy": ("nanollm.backends.numpy_ref", "numpy is a core dependency: reinstall with `pip install .`"),
     "numba": ("nanollm.backends.numba_cpu", "numba is a core dependency: reinstall with `pip install .`"),
+    "cython": ("nanollm.backends.cython_cpu",
+               "its kernels are compiled from kernels/*.pyx when nanollm is installed: reinstall with "
+               "`pip install .` (needs a C compiler; in a source checkout `python setup.py build_ext --inplace`)"),
 }
 _AUTO_ORDER = ("numpy",)
 
