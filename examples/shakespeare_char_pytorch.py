@@ -16,49 +16,14 @@ from pathlib import Path
 
 try:
     import torch
-    import torch.nn.functional as F
     from torch import nn
+
+    from nanollm.torch_reference import TorchGPT, adamw_for
 except ImportError:
     sys.exit("PyTorch is not installed: pip install torch==2.13.0")
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
 C, L, H, T, B = 128, 4, 4, 64, 12  # nanoGPT's CPU recipe: width, layers, heads, context, batch
-
-
-class Block(nn.Module):
-    def __init__(self, bias, gelu):
-        super().__init__()
-        self.gelu = gelu
-        self.ln1, self.ln2 = nn.LayerNorm(C, bias=bias), nn.LayerNorm(C, bias=bias)
-        self.qkv, self.proj = nn.Linear(C, 3 * C, bias=bias), nn.Linear(C, C, bias=bias)
-        self.fc, self.fc_proj = nn.Linear(C, 4 * C, bias=bias), nn.Linear(4 * C, C, bias=bias)
-
-    def forward(self, x):  # x: (B, T, C)
-        b, t, c = x.shape
-        q, k, v = (z.view(b, t, H, c // H).transpose(1, 2) for z in self.qkv(self.ln1(x)).split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, c)
-        x = x + self.proj(y)
-        return x + self.fc_proj(F.gelu(self.fc(self.ln2(x)), approximate=self.gelu))
-
-
-class GPT(nn.Module):
-    def __init__(self, vocab_size, bias, gelu):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab_size, C), nn.Embedding(T, C)
-        self.blocks = nn.ModuleList(Block(bias, gelu) for _ in range(L))
-        self.ln_f = nn.LayerNorm(C, bias=bias)
-        for name, p in self.named_parameters():  # GPT-2: N(0, 0.02), residual projections / sqrt(2 L)
-            if p.dim() >= 2:
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L) if name.endswith("proj.weight") else 0.02)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
-
-    def forward(self, idx, targets):  # idx, targets: (B, T)
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.ln_f(x) @ self.wte.weight.T  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def lr_at(step, steps, peak=1e-3, floor=1e-4, warmup=100):
@@ -97,11 +62,9 @@ def main(argv=None):
     ids = torch.tensor([char_to_id[ch] for ch in text])
     split = int(0.9 * len(ids))
     train, val = ids[:split], ids[split:]
-    model = GPT(len(chars), bias=not args.nanogpt, gelu="none" if args.nanogpt else "tanh")
-    decayed = [p for p in model.parameters() if p.dim() >= 2]
-    spared = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.1}, {"params": spared, "weight_decay": 0.0}],
-                                  lr=1e-3, betas=(0.9, 0.99))
+    model = TorchGPT(len(chars), embedding_dim=C, num_layers=L, num_heads=H, max_seq_len=T,
+                     bias=not args.nanogpt, gelu="none" if args.nanogpt else "tanh")
+    optimizer = adamw_for(model)
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     for step in range(args.steps):

@@ -6,17 +6,16 @@ The ops in ``nanollm.ops`` never compute a softmax or a layernorm themselves; th
 
     get(name)        -> the backend module (loads it; a clear error if it cannot load)
     available()      -> {name: None if it loads, else the reason it does not}
-    use(name)        -> make it the current backend ("auto" picks the best that loads)
+    use(name)        -> make it the current backend ("auto": per primitive, the fastest that loads)
     current()        -> the current backend module
     array_module(x)  -> numpy or cupy, whichever owns the array x
 
 The backend is chosen by ``use(...)`` (``cfg["backend"]`` in training), else by the
-``NANOLLM_BACKEND`` environment variable, else ``numpy``.
+``NANOLLM_BACKEND`` environment variable, else ``auto`` (see ``auto.py`` for its table).
 """
 
 import importlib
 import os
-import warnings
 
 import numpy as np
 
@@ -38,7 +37,7 @@ PRIMITIVES = (
     "sum_of_squares",
 )
 
-# name -> (module, hint shown when it cannot load). Order is the preference order of "auto".
+# name -> (module, hint shown when it cannot load). "auto" is built from these (auto.CHOICES).
 _REGISTRY = {
     "numpy": ("nanollm.backends.numpy_ref", "numpy is a core dependency: reinstall with `pip install .`"),
     "numba": ("nanollm.backends.numba_cpu", "numba is a core dependency: reinstall with `pip install .`"),
@@ -46,7 +45,7 @@ _REGISTRY = {
                "its kernels are compiled from kernels/*.pyx when nanollm is installed: reinstall with "
                "`pip install .` (needs a C compiler; in a source checkout `python setup.py build_ext --inplace`)"),
 }
-_AUTO_ORDER = ("numpy",)
+DEFAULT_BACKEND = "auto"
 
 _loaded = {}
 _current = None
@@ -59,6 +58,12 @@ def names():
 
 def get(name):
     """Load and return the backend module called ``name``; a ValueError says why it cannot."""
+    if name == "auto":
+        if "auto" not in _loaded:
+            from nanollm.backends import auto
+
+            _loaded["auto"] = auto.build(get)
+        return _loaded["auto"]
     if name not in _REGISTRY:
         raise ValueError(
             f"unknown backend {name!r}: choose one of {', '.join(names())} "
@@ -90,25 +95,11 @@ def available():
 
 
 def use(name):
-    """Make ``name`` the current backend and return its module.
+    """Make ``name`` the current backend and return it.
 
-    Only "auto" falls back: it takes the first backend in the preference order that loads,
-    and says (as a warning) which one it picked when that is not the first choice.
-    """
+    Only "auto" falls back: per primitive it takes the first backend in its preference order
+    that loads, and warns once naming what it skipped and why."""
     global _current
-    if name == "auto":
-        reasons = []
-        for candidate in _AUTO_ORDER:
-            try:
-                module = get(candidate)
-            except ValueError as exc:
-                reasons.append(str(exc))
-                continue
-            if reasons:
-                warnings.warn(f"backend 'auto' picked {candidate!r}; skipped: " + "; ".join(reasons))
-            _current = candidate
-            return module
-        raise ValueError("backend 'auto' found no backend that loads: " + "; ".join(reasons))
     module = get(name)
     _current = name
     return module
@@ -117,7 +108,7 @@ def use(name):
 def current_name():
     """Name of the current backend (resolving NANOLLM_BACKEND on first use)."""
     if _current is None:
-        use(os.environ.get("NANOLLM_BACKEND", "numpy"))
+        use(os.environ.get("NANOLLM_BACKEND", DEFAULT_BACKEND))
     return _current
 
 
