@@ -2,10 +2,12 @@
 
 This is the first-run demo: char tokenizer, model, train_with_config (AdamW on random windows,
 a validation loss every 200 steps), and samples before and after. (The full `nanollm` command
-with subcommands, presets and config files replaces it as the CLI lands.)
+with subcommands, presets and config files replaces it as the CLI lands; `nanollm bench` is
+the first subcommand.)
 """
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -17,6 +19,11 @@ from nanollm.train import train_with_config
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from nanollm.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="nanollm", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
     parser.add_argument("--seed", type=int, default=0)

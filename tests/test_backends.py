@@ -190,3 +190,48 @@ def test_attention_matches_a_loop_over_heads_and_positions():
                 w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
                 want[bi, i, head] = sum(w[j] * v[bi, j, kv] for j in range(i + 1))
     np.testing.assert_allclose(out, want.reshape(b, t, h * hd), rtol=1e-12, atol=1e-12)
+
+
+@given(rows_and_cols(), dtypes, st.floats(0.0, 0.5), st.integers(1, 50), seeds)
+def test_adamw_step_and_sum_of_squares_match_numpy_ref(backend, shape, dtype, weight_decay, step, seed):
+    rng = np.random.default_rng(seed)
+    param, grad = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
+    m, v = rng.normal(size=shape).astype(dtype), rng.random(size=shape).astype(dtype)
+    want = [a.copy() for a in (param, m, v)]
+    numpy_ref.adamw_step(*want[:1], grad, *want[1:], 1e-2, 0.9, 0.99, 1e-8, weight_decay, step)
+    got = [a.copy() for a in (param, m, v)]
+    assert backend.adamw_step(*got[:1], grad, *got[1:], 1e-2, 0.9, 0.99, 1e-8, weight_decay, step) is None
+    assert_matches(tuple(got), tuple(want), dtype)  # param, m, v updated in place
+    assert backend.sum_of_squares(grad) == pytest.approx(numpy_ref.sum_of_squares(grad), rel=1e-6 if dtype == np.float32 else 1e-12)
+
+
+# ------------------------------------------------------------------------- auto
+
+def test_auto_names_a_backend_and_a_reason_for_every_primitive():
+    from nanollm.backends import auto
+
+    assert set(auto.CHOICES) == set(backends.PRIMITIVES)
+    for primitive, (preference, why) in auto.CHOICES.items():
+        assert preference and set(preference) <= set(backends._REGISTRY) and why, primitive
+    assert set(backends.get("auto").picked) == set(backends.PRIMITIVES)
+
+
+def test_auto_is_the_default_and_falls_back_saying_so(monkeypatch):
+    monkeypatch.setattr(backends, "_current", None)
+    monkeypatch.delenv("NANOLLM_BACKEND", raising=False)
+    assert backends.current_name() == "auto"
+    monkeypatch.setitem(backends._REGISTRY, "numba", ("nanollm.backends.does_not_exist", "pip install numba"))
+    monkeypatch.delitem(backends._loaded, "numba", raising=False)
+    monkeypatch.delitem(backends._loaded, "auto", raising=False)
+    with pytest.warns(UserWarning, match=r"backend 'auto' skipped backend 'numba' cannot load .*pip install numba"):
+        fallback = backends.get("auto")
+    assert fallback.picked["gelu_forward"] in ("cython", "numpy") and fallback.picked["adamw_step"] == "numpy"
+    monkeypatch.delitem(backends._loaded, "auto")  # the next test builds the real one again
+    monkeypatch.setattr(backends, "_current", None)
+
+
+def test_asking_for_a_backend_that_cannot_load_is_an_error_not_a_fallback(monkeypatch):
+    monkeypatch.setitem(backends._REGISTRY, "numba", ("nanollm.backends.does_not_exist", "pip install numba"))
+    monkeypatch.delitem(backends._loaded, "numba", raising=False)
+    with pytest.raises(ValueError, match=r"backend 'numba' cannot load .*; pip install numba"):
+        backends.use("numba")

@@ -20,6 +20,7 @@ Shapes: ``...`` is any number of leading axes; wrappers flatten them to rows (N,
 """
 
 import math
+import os
 
 import numpy as np
 from numba import njit, prange
@@ -27,7 +28,11 @@ from numba import njit, prange
 from nanollm.backends import numpy_ref
 
 FASTMATH = {"reassoc", "contract", "arcp", "nsz"}  # no "nnan"/"ninf": NaN and Inf propagate
-_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+# Serial by default: OpenBLAS already keeps both cores busy in the matmuls, and a second thread
+# pool fighting it for them made the train step slower (BENCHMARKS.md, "thread sharing").
+# NANOLLM_NUMBA_PARALLEL=1 compiles the prange loops multi-threaded, to measure that again.
+PARALLEL = os.environ.get("NANOLLM_NUMBA_PARALLEL") == "1"
+_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=PARALLEL)
 _serial_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 _inline = njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 

@@ -1,0 +1,367 @@
+"""`nanollm bench` / `python -m nanollm.bench`: how fast is a train step, and where does the time go.
+
+Everything is measured in one run, side by side (the machine is shared and noisy):
+  1. the BLAS sgemm peak (float32 np.matmul), the yardstick for GFLOP/s and MFU;
+  2. every primitive on every backend at the shapes of the nanoGPT CPU config (ms per call);
+  3. the train step (forward, backward, clipping, AdamW, batching: train_with_config's own
+     loop) per backend and config: ms/step, tokens/s, achieved GFLOP/s, MFU, first-step time;
+  4. the same model's train step in PyTorch eager, when PyTorch is installed, and the ratio;
+  5. with --threads: how Numba's threads and OpenBLAS's share the cores (subprocesses).
+Figures are medians over the timed steps. Nothing here asserts a speed; it prints what it saw.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from nanollm import backends
+from nanollm.backends import auto
+from nanollm.model import TransformerLanguageModel
+from nanollm.train import train_with_config
+
+# The two configs the kernels issue measures against PyTorch, plus a tiny one for --quick.
+CONFIGS = {
+    "nanogpt-cpu": dict(vocab_size=65, embedding_dim=128, num_layers=4, num_heads=4, ffn_hidden_dim=512,
+                        max_seq_len=64, batch_size=12),
+    "bigger": dict(vocab_size=65, embedding_dim=384, num_layers=6, num_heads=6, ffn_hidden_dim=1536,
+                   max_seq_len=256, batch_size=8),
+    "tiny": dict(vocab_size=65, embedding_dim=32, num_layers=2, num_heads=2, ffn_hidden_dim=128,
+                 max_seq_len=16, batch_size=4),
+}
+MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "num_heads", "ffn_hidden_dim", "max_seq_len")
+PYTORCH_HINT = "PyTorch not installed (optional: pip install torch==2.13.0)"
+
+
+# ----------------------------------------------------------------------------- timing helpers
+
+
+def median_seconds(fn, repeat, warmup=1):
+    """Median wall time of fn() over ``repeat`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sgemm_peak(repeat=5):
+    """Best float32 GFLOP/s of np.matmul over a square and a transformer-shaped product."""
+    rng = np.random.default_rng(0)
+    best = 0.0
+    for m, k, n in ((1024, 1024, 1024), (2048, 384, 1536)):
+        a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
+        best = max(best, 2 * m * k * n / median_seconds(lambda: a @ b, repeat) / 1e9)
+    return best
+
+
+# ----------------------------------------------------------------------------- primitives
+
+
+def primitive_cases(cfg, dtype=np.float32):
+    """primitive -> (args) at the shapes a train step of ``cfg`` uses (rows N = B * T)."""
+    rng = np.random.default_rng(0)
+    b, t, c, f, v = cfg["batch_size"], cfg["max_seq_len"], cfg["embedding_dim"], cfg["ffn_hidden_dim"], cfg["vocab_size"]
+    h = cfg["num_heads"]
+    n = b * t
+
+    def normal(*shape):
+        return rng.standard_normal(shape, dtype=np.float64).astype(dtype)
+
+    x, w, bias = normal(b, t, c), normal(c), normal(c)
+    out, mean, rstd = backends.get("numpy").layernorm_forward(x, w, bias, 1e-5)
+    scores = normal(b, h, t, t)
+    probs = backends.get("numpy").causal_softmax_forward(scores, 0.125)
+    rows = normal(n, t)
+    logits, targets = normal(n, v), rng.integers(0, v, size=n)
+    lse = backends.get("numpy").cross_entropy_forward(logits, targets, -100)[1]
+    hidden = normal(b, t, f)
+    weight, grad = normal(c, f), normal(c, f)
+    return {
+        "matmul": (normal(n, c), normal(c, f)),
+        "softmax_forward": (rows,),
+        "softmax_backward": (normal(n, t), backends.get("numpy").softmax_forward(rows)),
+        "causal_softmax_forward": (scores, 0.125),
+        "causal_softmax_backward": (normal(b, h, t, t), probs, 0.125),
+        "layernorm_forward": (x, w, bias, 1e-5),
+        "layernorm_backward": (normal(b, t, c), x, w, mean, rstd),
+        "gelu_forward": (hidden,),
+        "gelu_backward": (normal(b, t, f), hidden),
+        "cross_entropy_forward": (logits, targets, -100),
+        "cross_entropy_backward": (normal(n), logits, targets, lse, -100),
+        "embedding_backward": (normal(n, c), rng.integers(0, v, size=n), v),
+        "adamw_step": (weight, grad, np.zeros_like(weight), np.zeros_like(weight), 1e-3, 0.9, 0.99, 1e-8, 0.1, 1),
+        "sum_of_squares": (grad,),
+    }
+
+
+def time_primitives(names, cfg, repeat):
+    """{primitive: {backend: ms per call}}, plus the Cython blocked matmul beside BLAS."""
+    cases = primitive_cases(cfg)
+    table = {}
+    for primitive, args in cases.items():
+        table[primitive] = {}
+        for name in names:
+            fn = getattr(backends.get(name), primitive)
+            fresh = [a.copy() if isinstance(a, np.ndarray) else a for a in args]  # adamw_step writes in place
+            table[primitive][name] = 1e3 * median_seconds(lambda: fn(*fresh), repeat)
+    if "cython" in names:
+        blocked = backends.get("cython").blocked_matmul
+        table["blocked_matmul (reference)"] = {"cython": 1e3 * median_seconds(lambda: blocked(*cases["matmul"]), repeat)}
+    return table
+
+
+# ----------------------------------------------------------------------------- train steps
+
+
+def train_step_timing(backend, cfg, steps, warmup=2):
+    """Time train_with_config's own loop: {ms_per_step, tokens_per_second, first_step_seconds}."""
+    model = TransformerLanguageModel(**{k: cfg[k] for k in MODEL_KEYS}, seed=0)
+    tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], size=50_000)
+    run_cfg = dict(num_steps=warmup + steps, batch_size=cfg["batch_size"], val_fraction=0.0, eval_interval=0,
+                   log_interval=1, backend=backend, seed=0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = train_with_config(model, tokens, run_cfg)
+    per_step = [cfg["batch_size"] * cfg["max_seq_len"] / r["tokens_per_second"] for r in results["history"]]
+    seconds = statistics.median(per_step[warmup:] or per_step)
+    return dict(ms_per_step=1e3 * seconds, tokens_per_second=cfg["batch_size"] * cfg["max_seq_len"] / seconds,
+                first_step_seconds=per_step[0])
+
+
+def torch_step_timing(cfg, steps, warmup=2):
+    """The same model, AdamW and clipping in PyTorch eager; None when PyTorch is not installed."""
+    try:
+        import torch
+
+        from nanollm.torch_reference import TorchGPT, adamw_for
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = TorchGPT(**{k: cfg[k] for k in MODEL_KEYS})
+    optimizer = adamw_for(model)
+    data = torch.randint(0, cfg["vocab_size"], (50_000,))
+    b, t = cfg["batch_size"], cfg["max_seq_len"]
+
+    def step():
+        starts = torch.randint(len(data) - t - 1, (b,)).tolist()
+        idx = torch.stack([data[s:s + t] for s in starts])
+        targets = torch.stack([data[s + 1:s + t + 1] for s in starts])
+        loss = model(idx, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    seconds = median_seconds(step, steps, warmup)
+    return dict(ms_per_step=1e3 * seconds, tokens_per_second=b * t / seconds, threads=torch.get_num_threads())
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+THREAD_SETUPS = {
+    "serial kernels, BLAS on every core (default)": {},
+    "serial kernels, BLAS on 1 thread": {"OPENBLAS_NUM_THREADS": "1"},
+    "prange kernels (omp, spinning)": {"NANOLLM_NUMBA_PARALLEL": "1"},
+    "prange kernels (omp, passive wait)": {"NANOLLM_NUMBA_PARALLEL": "1", "OMP_WAIT_POLICY": "passive"},
+    "prange kernels (workqueue)": {"NANOLLM_NUMBA_PARALLEL": "1", "NUMBA_THREADING_LAYER": "workqueue"},
+}
+
+
+def run_step_subprocess(backend, config_name, steps, env):
+    """train_step_timing in a fresh interpreter under ``env``: its figures, or {"error": ...}."""
+    command = [sys.executable, "-m", "nanollm.bench", "--step-only", config_name, "--backends", backend,
+               "--steps", str(steps), "--warmup", "0"]
+    done = subprocess.run(command, env=dict(os.environ, **env), capture_output=True, text=True)
+    return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip()[-300:]}
+
+
+def first_step_seconds(backend, config_name):
+    """The first train step of a fresh process: with an empty Numba cache (every kernel compiles)
+    and with the cache the first run filled (kernels load from disk)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        cold = run_step_subprocess(backend, config_name, 1, {"NUMBA_CACHE_DIR": cache})
+        warm = run_step_subprocess(backend, config_name, 1, {"NUMBA_CACHE_DIR": cache})
+    return {"cold": cold.get("first_step_seconds"), "warm": warm.get("first_step_seconds")}
+
+
+def thread_sharing(config_name, steps):
+    """The numba backend's train step under each THREAD_SETUPS environment, one subprocess each
+    (thread pools are fixed when a process starts); prange kernels compile into a private cache."""
+    import tempfile
+
+    rows = {}
+    for label, env in THREAD_SETUPS.items():
+        with tempfile.TemporaryDirectory() as cache:
+            private = {"NUMBA_CACHE_DIR": cache} if env.get("NANOLLM_NUMBA_PARALLEL") else {}
+            rows[label] = run_step_subprocess("numba", config_name, steps, dict(env, **private))
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_description():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
+
+
+def import_seconds():
+    """Wall time of `import nanollm` in a fresh interpreter (nothing compiles at import)."""
+    code = "import time; t = time.perf_counter(); import nanollm; print(time.perf_counter() - t)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return float(done.stdout) if done.returncode == 0 else None
+
+
+def _seconds(value):
+    return "failed" if value is None else f"{value:.2f}"
+
+
+def print_table(header, rows):
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths))))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="nanollm bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated backends to time (default: every one that loads, and auto)")
+    parser.add_argument("--configs", default="nanogpt-cpu,bigger",
+                        help=f"comma-separated model configs: {', '.join(CONFIGS)}")
+    parser.add_argument("--steps", type=int, default=None, help="timed train steps per backend (default 20, 5 for bigger)")
+    parser.add_argument("--repeat", type=int, default=20, help="timed calls per primitive")
+    parser.add_argument("--quick", action="store_true", help="tiny config, few steps: a smoke test in seconds")
+    parser.add_argument("--threads", action="store_true", help="also compare thread setups (subprocesses)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # run_step_subprocess's mode
+    parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.configs, args.repeat, args.steps = "tiny", 3, args.steps or 3
+    args.configs = args.configs.split(",")
+    for name in args.configs + ([args.step_only] if args.step_only else []):
+        if name not in CONFIGS:
+            parser.error(f"unknown config {name!r}: choose from {', '.join(CONFIGS)}")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.backends is None:
+        args.backends = [name for name, reason in backends.available().items() if reason is None] + ["auto"]
+    else:
+        args.backends = args.backends.split(",")
+        for name in args.backends:
+            try:
+                backends.get(name)
+            except ValueError as exc:
+                parser.error(str(exc))
+    return args
+
+
+def steps_for(args, config_name):
+    return args.steps or (5 if config_name == "bigger" else 20)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.step_only:
+        figures = train_step_timing(args.backends[0], CONFIGS[args.step_only], steps_for(args, args.step_only),
+                                    warmup=args.warmup)
+        print(json.dumps(figures))
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # auto's fallback note is printed in the table below instead
+        picked = backends.get("auto").picked
+    results = {"machine": machine_description(), "command": "nanollm bench " + " ".join(argv or sys.argv[1:]),
+               "import_seconds": import_seconds()}
+    print(f"machine: {results['machine']}")
+    print(f"import nanollm: {results['import_seconds']:.2f} s (fresh interpreter; kernels compile on first use)")
+    peak = results["sgemm_peak_gflops"] = sgemm_peak()
+    print(f"BLAS sgemm peak (float32 np.matmul, this run): {peak:.0f} GFLOP/s\n")
+
+    table_cfg = CONFIGS[args.configs[0]]
+    results["primitives"] = table = time_primitives([b for b in args.backends if b != "auto"], table_cfg, args.repeat)
+    print(f"primitives, ms per call, float32, shapes of {args.configs[0]} (auto's pick marked *):")
+    names = [b for b in args.backends if b != "auto"]
+    rows = []
+    for primitive, timings in table.items():
+        rows.append([primitive] + [(f"{timings[b]:.3f}" + ("*" if picked.get(primitive) == b else " "))
+                                   if b in timings else "" for b in names])
+    print_table(["primitive"] + names, rows)
+    print()
+
+    results["train_step"] = {}
+    for config_name in args.configs:
+        cfg = CONFIGS[config_name]
+        steps = steps_for(args, config_name)
+        flops_per_token = TransformerLanguageModel(**{k: cfg[k] for k in MODEL_KEYS}, seed=0).flops_per_token()
+        figures = {name: train_step_timing(name, cfg, steps) for name in args.backends}
+        torch_figures = None if args.no_torch else torch_step_timing(cfg, steps)
+        if torch_figures is not None:
+            figures["pytorch"] = torch_figures
+        results["train_step"][config_name] = figures
+        shape = (f"L{cfg['num_layers']} H{cfg['num_heads']} D{cfg['embedding_dim']} T{cfg['max_seq_len']} "
+                 f"B{cfg['batch_size']} V{cfg['vocab_size']}")
+        print(f"train step, {config_name} ({shape}), median of {steps} steps:")
+        rows = []
+        for name, fig in figures.items():
+            gflops = flops_per_token * fig["tokens_per_second"] / 1e9
+            fig.update(gflops=gflops, mfu=gflops / peak)
+            ratio = (f"{fig['tokens_per_second'] / torch_figures['tokens_per_second']:.2f}x"
+                     if torch_figures else "")
+            rows.append([name, f"{fig['ms_per_step']:.1f}", f"{fig['tokens_per_second']:,.0f}", f"{gflops:.0f}",
+                         f"{100 * fig['mfu']:.0f}%", ratio])
+        print_table(["backend", "ms/step", "tokens/s", "GFLOP/s", "MFU", "vs torch"], rows)
+        if torch_figures is None and not args.no_torch:
+            print(f"({PYTORCH_HINT})")
+        print()
+
+    jitted = [b for b in args.backends if b in ("numba", "auto")]
+    if jitted:
+        config_name = args.configs[0]
+        results["first_step_seconds"] = startup = {b: first_step_seconds(b, config_name) for b in jitted}
+        print(f"first train step of a fresh process, {config_name} (Numba compiles each kernel once, then caches it):")
+        print_table(["backend", "empty cache s", "warm cache s"],
+                    [[b, _seconds(f["cold"]), _seconds(f["warm"])] for b, f in startup.items()])
+        print()
+
+    if args.threads:
+        config_name = args.configs[0]
+        results["threads"] = sharing = thread_sharing(config_name, steps_for(args, config_name))
+        print(f"thread sharing, numba backend, {config_name}:")
+        print_table(["setup", "ms/step", "tokens/s"],
+                    [[label, f"{fig['ms_per_step']:.1f}", f"{fig['tokens_per_second']:,.0f}"] if "error" not in fig
+                     else [label, "failed", fig["error"]] for label, fig in sharing.items()])
+        print()
+
+    print("auto's choices:")
+    for line in auto.describe(picked):
+        print("  " + line)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""`nanollm bench` runs end to end on a tiny config and reports every figure it promises.
+(It prints speeds; nothing here asserts one.)"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_bench(*args, tmp_path=None):
+    return subprocess.run([sys.executable, "-m", "nanollm", "bench", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+
+
+@pytest.mark.slow
+def test_quick_bench_prints_and_saves_every_section(tmp_path):
+    done = run_bench("--quick", "--no-torch", "--backends", "numpy,numba,auto", "--json", "bench.json",
+                     tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for heading in ("BLAS sgemm peak", "primitives, ms per call", "train step, tiny", "first train step",
+                    "auto's choices"):
+        assert heading in done.stdout
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["sgemm_peak_gflops"] > 0 and results["import_seconds"] > 0
+    assert set(results["primitives"]["gelu_forward"]) == {"numpy", "numba"}
+    step = results["train_step"]["tiny"]
+    assert set(step) == {"numpy", "numba", "auto"}
+    for figures in step.values():
+        assert figures["tokens_per_second"] > 0 and 0 < figures["mfu"] < 1.5
+    assert results["first_step_seconds"]["numba"]["cold"] > 0
+
+
+def test_bench_help_lists_options_with_defaults():
+    done = run_bench("--help")
+    assert done.returncode == 0
+    assert "--backends" in done.stdout and "(default: nanogpt-cpu,bigger)" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--configs", "huge"], "unknown config 'huge'"),
+    (["--backends", "tpu"], "unknown backend 'tpu'"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_bad_bench_arguments_are_one_line_errors(args, message):
+    done = run_bench(*args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
