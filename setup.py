@@ -7,6 +7,13 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 
 
+# -O3 plus the parts of fast-math that keep IEEE special values: reassociation lets the C
+# compiler vectorise the float sums of the softmax and layernorm rows (measured 1.7-3x on
+# (768, 512) float32); no -ffinite-math-only, so NaN and Inf still propagate, and no
+# -march=native, so the build stays portable. The numba backend's FASTMATH makes the same choice.
+COMPILE_ARGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"]
+
+
 def cython_extensions():
     """Every kernels/<name>.pyx becomes the extension nanollm.backends._<name>."""
     sources = sorted((HERE / "kernels").glob("*.pyx"))
@@ -18,7 +25,7 @@ def cython_extensions():
 
     extensions = [
         Extension(f"nanollm.backends._{src.stem}", [str(src.relative_to(HERE))],
-                  include_dirs=[numpy.get_include()], extra_compile_args=["-O3"])
+                  include_dirs=[numpy.get_include()], extra_compile_args=COMPILE_ARGS)
         for src in sources
     ]
     return cythonize(extensions, language_level=3)

@@ -1,0 +1,191 @@
+"""cython_cpu: the primitives as compiled Cython kernels (kernels/*.pyx), behind a thin wrapper.
+
+Why this backend exists: it is the same fused, one-pass-per-row idea as numba_cpu, written as
+C loops you can read (typed memoryviews, a fused float/double type, no GIL), compiled ahead of
+time by ``pip install .`` (or ``python setup.py build_ext --inplace``) instead of at first call.
+This file only reshapes (..., C) inputs to contiguous (N, C) rows, checks and casts dtypes,
+allocates the outputs, calls the kernel and reshapes back.
+
+Rules the kernels keep:
+- Matrix products stay on BLAS (``matmul`` is NumPy's). ``blocked_matmul`` is exported as a
+  readable cache-blocked reference for the benchmark; it loses to BLAS several times over.
+- float32 and float64 only: any other dtype is a ValueError (mixed float inputs are computed
+  in their common type, as NumPy would). Sums accumulate in double for both.
+- Built portable (-O3 with reassociation so row sums vectorise; no -ffinite-math-only, no
+  -march=native; see setup.py): NaN and Inf propagate.
+- float32 GELU uses the same vectorisable rational tanh as numba_cpu; exp is libc's, one call
+  per element, so the softmax forward and cross-entropy are slower than NumPy's SIMD np.exp.
+- One core: the loops release the GIL but do not spread rows over threads (no OpenMP).
+- Rows of the causal softmax never touch their masked (future) half.
+
+Shapes: ``...`` is any number of leading axes; the wrapper flattens them to rows (N, C).
+"""
+
+import math
+
+import numpy as np
+
+from nanollm.backends import _gelu, _layernorm, _matmul, _softmax, numpy_ref
+
+blocked_matmul = _matmul.blocked_matmul  # the teaching reference (see kernels/matmul.pyx)
+
+_FLOATS = (np.float32, np.float64)
+
+
+def matmul(a, b):
+    """BLAS, as numpy_ref: a (..., M, K) @ b (..., K, N) -> (..., M, N)."""
+    return np.matmul(a, b)
+
+
+def _dtype(**arrays):
+    """The common dtype of float32/float64 arrays; a ValueError names any other dtype."""
+    dtypes = {name: np.asarray(x).dtype for name, x in arrays.items()}
+    for name, dtype in dtypes.items():
+        if dtype not in _FLOATS:
+            raise ValueError(f"the cython backend supports float32 and float64 arrays; {name} is {dtype}")
+    return np.result_type(*dtypes.values())
+
+
+def _rows(x, dtype):
+    """x (..., C) -> a C-contiguous (N, C) array of dtype (a copy only when needed)."""
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
+def _stack(x, dtype):
+    """x (..., Tq, Tk) -> a C-contiguous (M, Tq, Tk) array of dtype."""
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return x.reshape(math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1])
+
+
+def _flat(x, dtype):
+    """x (...) -> a C-contiguous 1-D array of dtype (a copy only when needed)."""
+    return np.ascontiguousarray(x, dtype=dtype).reshape(-1)
+
+
+def _int64(x, name):
+    """Integer indices (targets) as a contiguous int64 1-D array; a ValueError for non-integers."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{name} must be an integer array; it is {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.int64).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+def softmax_forward(x):
+    """Softmax over the last axis (see numpy_ref)."""
+    rows = _rows(x, _dtype(x=x))
+    out = np.empty_like(rows)
+    _softmax.softmax_forward(rows, out)
+    return out.reshape(np.shape(x))
+
+
+def softmax_backward(dprobs, probs):
+    """p * (dp - sum(dp * p)) row by row (see numpy_ref)."""
+    dtype = _dtype(dprobs=dprobs, probs=probs)
+    p = _rows(probs, dtype)
+    dx = np.empty_like(p)
+    _softmax.softmax_backward(_rows(dprobs, dtype), p, dx)
+    return dx.reshape(np.shape(probs))
+
+
+# ----------------------------------------------------------------------------- causal softmax
+
+
+def causal_softmax_forward(scores, scale):
+    """Masked, scaled softmax over the keys each query may see (see numpy_ref)."""
+    s = _stack(scores, _dtype(scores=scores))
+    probs = np.empty_like(s)
+    _softmax.causal_softmax_forward(s, float(scale), probs)
+    return probs.reshape(np.shape(scores))
+
+
+def causal_softmax_backward(dprobs, probs, scale):
+    """d scores from d probs, visible entries only; the masked ones are 0 (see numpy_ref)."""
+    dtype = _dtype(dprobs=dprobs, probs=probs)
+    p = _stack(probs, dtype)
+    dscores = np.empty_like(p)
+    _softmax.causal_softmax_backward(_stack(dprobs, dtype), p, float(scale), dscores)
+    return dscores.reshape(np.shape(probs))
+
+
+# ----------------------------------------------------------------------------- layernorm
+
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """-> out (..., C), mean (...), rstd (...) (see numpy_ref)."""
+    dtype = _dtype(x=x, weight=weight, bias=bias)
+    rows = _rows(x, dtype)
+    out = np.empty_like(rows)
+    mean = np.empty(rows.shape[0], dtype=dtype)
+    rstd = np.empty(rows.shape[0], dtype=dtype)
+    _layernorm.layernorm_forward(rows, _flat(weight, dtype), _flat(bias, dtype), float(eps), out, mean, rstd)
+    lead = np.shape(x)[:-1]
+    return out.reshape(np.shape(x)), mean.reshape(lead), rstd.reshape(lead)
+
+
+def layernorm_backward(dout, x, weight, mean, rstd):
+    """-> dx (..., C), dweight (C,), dbias (C,) (see numpy_ref)."""
+    dtype = _dtype(dout=dout, x=x, weight=weight, mean=mean, rstd=rstd)
+    rows = _rows(x, dtype)
+    dx = np.empty_like(rows)
+    dweight = np.zeros(rows.shape[1])  # float64 accumulators, cast to dtype below
+    dbias = np.zeros(rows.shape[1])
+    _layernorm.layernorm_backward(_rows(dout, dtype), rows, _flat(weight, dtype), _flat(mean, dtype),
+                                  _flat(rstd, dtype), dx, dweight, dbias)
+    return dx.reshape(np.shape(x)), dweight.astype(dtype, copy=False), dbias.astype(dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- GELU
+
+
+def gelu_forward(x):
+    """GELU, tanh form, elementwise (see numpy_ref)."""
+    flat = _flat(x, _dtype(x=x))
+    out = np.empty_like(flat)
+    _gelu.gelu_forward(flat, out)
+    return out.reshape(np.shape(x))
+
+
+def gelu_backward(dout, x):
+    """dout * GELU'(x), elementwise (see numpy_ref)."""
+    dtype = _dtype(dout=dout, x=x)
+    flat = _flat(x, dtype)
+    dx = np.empty_like(flat)
+    _gelu.gelu_backward(_flat(dout, dtype), flat, dx)
+    return dx.reshape(np.shape(x))
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+
+def cross_entropy_forward(logits, targets, ignore_index):
+    """-> losses (N,), logsumexp (N,) (see numpy_ref); a target outside 0..V-1 that is not
+    ignore_index is an IndexError."""
+    rows = _rows(logits, _dtype(logits=logits))
+    losses = np.empty(rows.shape[0], dtype=rows.dtype)
+    lse = np.empty(rows.shape[0], dtype=rows.dtype)
+    _softmax.cross_entropy_forward(rows, _int64(targets, "targets"), int(ignore_index), losses, lse)
+    return losses, lse
+
+
+def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
+    """-> dlogits (N, V) = (softmax - onehot) * dlosses, 0 on ignored rows (see numpy_ref)."""
+    dtype = _dtype(logits=logits, lse=lse)  # dlosses is cast to it, as numpy_ref does
+    _dtype(dlosses=dlosses)
+    rows = _rows(logits, dtype)
+    dlogits = np.empty_like(rows)
+    _softmax.cross_entropy_backward(_flat(dlosses, dtype), rows, _int64(targets, "targets"), _flat(lse, dtype),
+                                    int(ignore_index), dlogits)
+    return dlogits
+
+
+# ----------------------------------------------------------------------------- the rest, from numpy_ref
+
+# Not compiled here: each is one pass over a parameter-sized array per step, tiny next to the
+# matmuls, which do B*T times that work (numba_cpu has fused versions for the last few percent).
+embedding_backward = numpy_ref.embedding_backward  # scatter-add with np.add.at
+adamw_step = numpy_ref.adamw_step
+sum_of_squares = numpy_ref.sum_of_squares  # np.vdot: BLAS
