@@ -38,6 +38,8 @@ _inline = njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="alway
 
 GELU_SCALE, GELU_CUBIC = numpy_ref.GELU_SCALE, numpy_ref.GELU_CUBIC
 _TANH_CLAMP = 7.90531110763549805  # beyond it tanh(x) rounds to +-1 in float32
+_LOG2E = 1.4426950408889634
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 = HI + LO, HI exact in a few bits (Cephes)
 
 
 def matmul(a, b):
@@ -50,20 +52,52 @@ def _rows(x):
     return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
 
 
+# ----------------------------------------------------------------------------- exp
+
+
+@_inline
+def _exp_into(x, scale, shift, out, count, pow2_bits, fast):
+    """out[j] = exp(x[j] * scale - shift) for j < count; returns their sum (float64).
+
+    float32 rows (``fast``, the wrapper's dtype test) take a vectorisable path, because libm's
+    expf is one call per element: with t = x * scale - shift and n = round(t / ln 2),
+    exp(t) = 2^n * exp(r), r = t - n ln 2 (ln 2 split in two so r is exact, Cody-Waite), 2^n
+    written straight into a float's exponent bits (pow2_bits, an int32 scratch row viewed as
+    float32) and exp(r), |r| <= 0.35, from its degree-6 Taylor polynomial: within 2 float32 ulp
+    of the exact value. Arguments below -87 count as -87 (1.6e-38 instead of less, or 0):
+    invisible next to the row's largest term, 1. float64 rows use the exact math.exp."""
+    total = 0.0
+    if not fast:
+        for j in range(count):
+            e = math.exp(x[j] * scale - shift)
+            out[j] = e
+            total += e
+        return total
+    for j in range(count):
+        t = max(np.float32(x[j] * scale - shift), np.float32(-87.0))  # exp(-87) is still a normal float
+        n = np.floor(t * np.float32(_LOG2E) + np.float32(0.5))
+        r = (t - n * np.float32(_LN2_HI)) - n * np.float32(_LN2_LO)
+        out[j] = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(1 / 2) + r * (np.float32(1 / 6) + r * (
+            np.float32(1 / 24) + r * (np.float32(1 / 120) + r * np.float32(1 / 720))))))
+        pow2_bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
+    pow2 = pow2_bits.view(np.float32)
+    for j in range(count):
+        out[j] *= pow2[j]
+        total += out[j]
+    return total
+
+
 # ----------------------------------------------------------------------------- softmax
 
 
 @_kernel
-def _softmax_forward_rows(x, out):  # x, out: (N, C)
+def _softmax_forward_rows(x, out, fast):  # x, out: (N, C); fast: float32
     for i in prange(x.shape[0]):
+        pow2_bits = np.empty(x.shape[1], dtype=np.int32)
         row_max = x[i, 0]
         for j in range(1, x.shape[1]):
             row_max = max(row_max, x[i, j])
-        total = 0.0
-        for j in range(x.shape[1]):
-            e = math.exp(x[i, j] - row_max)
-            out[i, j] = e
-            total += e
+        total = _exp_into(x[i], 1.0, row_max, out[i], x.shape[1], pow2_bits, fast)
         inv = 1.0 / total
         for j in range(x.shape[1]):
             out[i, j] *= inv
@@ -83,7 +117,7 @@ def softmax_forward(x):
     """Softmax over the last axis (see numpy_ref)."""
     rows = _rows(x)
     out = np.empty_like(rows)
-    _softmax_forward_rows(rows, out)
+    _softmax_forward_rows(rows, out, rows.dtype == np.float32)
     return out.reshape(x.shape)
 
 
@@ -99,19 +133,16 @@ def softmax_backward(dprobs, probs):
 
 
 @_kernel
-def _causal_softmax_forward(scores, scale, probs):  # scores, probs: (M, Tq, Tk)
+def _causal_softmax_forward(scores, scale, probs, fast):  # scores, probs: (M, Tq, Tk)
     num_queries, num_keys = scores.shape[1], scores.shape[2]
     for m in prange(scores.shape[0]):
+        pow2_bits = np.empty(num_keys, dtype=np.int32)
         for i in range(num_queries):
             visible = num_keys - num_queries + i + 1  # keys 0 .. visible-1 are in the past
             row_max = scores[m, i, 0] * scale
             for j in range(1, visible):
                 row_max = max(row_max, scores[m, i, j] * scale)
-            total = 0.0
-            for j in range(visible):
-                e = math.exp(scores[m, i, j] * scale - row_max)
-                probs[m, i, j] = e
-                total += e
+            total = _exp_into(scores[m, i], scale, row_max, probs[m, i], visible, pow2_bits, fast)
             inv = 1.0 / total
             for j in range(visible):
                 probs[m, i, j] *= inv
@@ -143,7 +174,7 @@ def causal_softmax_forward(scores, scale):
     """Masked, scaled softmax over the keys each query may see (see numpy_ref)."""
     s = _stack(scores)
     probs = np.empty_like(s)
-    _causal_softmax_forward(s, s.dtype.type(scale), probs)
+    _causal_softmax_forward(s, s.dtype.type(scale), probs, s.dtype == np.float32)
     return probs.reshape(scores.shape)
 
 
@@ -309,29 +340,31 @@ def gelu_backward(dout, x):
 
 
 @_kernel
-def _cross_entropy_forward_rows(logits, targets, ignore_index, losses, lse):  # (N, V), (N,), ...
+def _cross_entropy_forward_rows(logits, targets, ignore_index, losses, lse, fast):  # (N, V), (N,), ...
     for i in prange(logits.shape[0]):
+        pow2_bits = np.empty(logits.shape[1], dtype=np.int32)
+        exps = np.empty(logits.shape[1], dtype=logits.dtype)
         row_max = logits[i, 0]
         for j in range(1, logits.shape[1]):
             row_max = max(row_max, logits[i, j])
-        total = 0.0
-        for j in range(logits.shape[1]):
-            total += math.exp(logits[i, j] - row_max)
+        total = _exp_into(logits[i], 1.0, row_max, exps, logits.shape[1], pow2_bits, fast)
         log_norm = row_max + math.log(total)
         lse[i] = log_norm
         losses[i] = 0.0 if targets[i] == ignore_index else log_norm - logits[i, targets[i]]
 
 
 @_kernel
-def _cross_entropy_backward_rows(dlosses, logits, targets, lse, ignore_index, dlogits):
+def _cross_entropy_backward_rows(dlosses, logits, targets, lse, ignore_index, dlogits, fast):
     for i in prange(logits.shape[0]):
         if targets[i] == ignore_index:
             for j in range(logits.shape[1]):
                 dlogits[i, j] = 0.0
             continue
-        scale, log_norm = dlosses[i], lse[i]
+        pow2_bits = np.empty(logits.shape[1], dtype=np.int32)
+        scale = dlosses[i]
+        _exp_into(logits[i], 1.0, lse[i], dlogits[i], logits.shape[1], pow2_bits, fast)  # the softmax row
         for j in range(logits.shape[1]):
-            dlogits[i, j] = math.exp(logits[i, j] - log_norm) * scale
+            dlogits[i, j] *= scale
         dlogits[i, targets[i]] -= scale
 
 
@@ -340,7 +373,8 @@ def cross_entropy_forward(logits, targets, ignore_index):
     rows = _rows(logits)
     losses = np.empty(rows.shape[0], dtype=logits.dtype)
     lse = np.empty(rows.shape[0], dtype=logits.dtype)
-    _cross_entropy_forward_rows(rows, np.ascontiguousarray(targets, dtype=np.int64), ignore_index, losses, lse)
+    _cross_entropy_forward_rows(rows, np.ascontiguousarray(targets, dtype=np.int64), ignore_index, losses, lse,
+                                rows.dtype == np.float32)
     return losses, lse
 
 
@@ -349,7 +383,8 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
     rows = _rows(logits)
     dlogits = np.empty_like(rows)
     _cross_entropy_backward_rows(np.ascontiguousarray(dlosses, dtype=logits.dtype), rows,
-                                 np.ascontiguousarray(targets, dtype=np.int64), lse, ignore_index, dlogits)
+                                 np.ascontiguousarray(targets, dtype=np.int64), lse, ignore_index, dlogits,
+                                 rows.dtype == np.float32)
     return dlogits
 
 
