@@ -71,7 +71,7 @@ DEFAULTS = {
     "sample_length": 200,         # tokens generated per sample
     # ---- numerics and reproducibility ----
     "dtype": None,                # float32 or float64 (None: the model's)
-    "backend": None,              # a name from nanollm.backends.names() (None: the current one)
+    "backend": None,              # numpy, numba, cython or auto (None: the current one, auto by default)
     "seed": 1337,                 # seeds batches, dropout and, for new models, the weights
 }
 

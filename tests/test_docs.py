@@ -21,6 +21,7 @@ def code_blocks(doc, language):
 COVERED_ELSEWHERE = {
     "python examples/shakespeare_char.py": "tests/test_examples.py",
     "python examples/shakespeare_char_pytorch.py": "tests/test_examples.py",
+    "nanollm bench": "tests/test_bench.py",
 }
 
 

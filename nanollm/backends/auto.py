@@ -18,7 +18,7 @@ CHOICES = {
     "softmax_forward": (("numba", "numpy", "cython"), "0.07 / 0.22 / 0.12: vectorised exp, one pass per row"),
     "softmax_backward": (("numba", "cython", "numpy"), "0.017 / 0.028 / 0.047: one fused pass per row"),
     "causal_softmax_forward": (("numba", "cython", "numpy"), "0.24 / 0.47 / 0.66: masked half skipped, vectorised exp"),
-    "causal_softmax_backward": (("cython", "numba", "numpy"), "0.057 / 0.10 / 0.20: masked half skipped"),
+    "causal_softmax_backward": (("cython", "numba", "numpy"), "0.10 / 0.057 / 0.20: masked half skipped"),
     "layernorm_forward": (("numba", "cython", "numpy"), "0.054 / 0.080 / 0.17: two passes per row, no temporaries"),
     "layernorm_backward": (("numba", "cython", "numpy"), "0.076 / 0.093 / 0.29: dx, dweight, dbias in one kernel"),
     "gelu_forward": (("numba", "cython", "numpy"), "0.16 / 0.63 / 0.45: vectorised rational tanh, one pass"),
