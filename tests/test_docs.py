@@ -39,8 +39,10 @@ def test_python_blocks_run(doc, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("doc", DOCS)
-def test_shell_commands_run_or_are_what_ci_runs(doc, monkeypatch):
-    """`python -m nanollm ...` commands are run here; install commands must be CI's own."""
+def test_shell_commands_run_or_are_what_ci_runs(doc, tmp_path):
+    """`python -m nanollm ...` commands are run here (in a scratch folder, so the installed
+    package with its compiled kernels is imported, not the checkout's sources); install
+    commands must be CI's own."""
     ci_script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     for block in code_blocks(doc, "bash"):
         for command in filter(None, (line.strip() for line in block.splitlines())):
@@ -48,7 +50,7 @@ def test_shell_commands_run_or_are_what_ci_runs(doc, monkeypatch):
                 assert command in ci_script, f"{doc}: .ci/run does not run the install command {command!r}"
             elif command.startswith("python -m nanollm"):
                 args = command.split()[3:]
-                subprocess.run([sys.executable, "-m", "nanollm", *args], cwd=ROOT, check=True,
+                subprocess.run([sys.executable, "-m", "nanollm", *args], cwd=tmp_path, check=True,
                                capture_output=True, timeout=300)
             elif not any(command.startswith(known) for known in COVERED_ELSEWHERE):
                 pytest.fail(f"{doc}: no test covers the command {command!r}")
