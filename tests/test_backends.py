@@ -202,7 +202,8 @@ def test_adamw_step_and_sum_of_squares_match_numpy_ref(backend, shape, dtype, we
     got = [a.copy() for a in (param, m, v)]
     assert backend.adamw_step(*got[:1], grad, *got[1:], 1e-2, 0.9, 0.99, 1e-8, weight_decay, step) is None
     assert_matches(tuple(got), tuple(want), dtype)  # param, m, v updated in place
-    assert backend.sum_of_squares(grad) == pytest.approx(numpy_ref.sum_of_squares(grad), rel=1e-6 if dtype == np.float32 else 1e-12)
+    rel = 1e-6 if dtype == np.float32 else 1e-12
+    assert backend.sum_of_squares(grad) == pytest.approx(numpy_ref.sum_of_squares(grad), rel=rel)
 
 
 # ------------------------------------------------------------------------- auto
