@@ -19,13 +19,14 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
 import numpy as np
 
 from nanollm import backends
-from nanollm.backends import auto
+from nanollm.backends import auto, numpy_ref
 from nanollm.model import TransformerLanguageModel
 from nanollm.train import train_with_config
 
@@ -40,6 +41,11 @@ CONFIGS = {
 }
 MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "num_heads", "ffn_hidden_dim", "max_seq_len")
 PYTORCH_HINT = "PyTorch not installed (optional: pip install torch==2.13.0)"
+
+
+def build_model(cfg):
+    """nanollm's model for one of CONFIGS, with fixed weights."""
+    return TransformerLanguageModel(**{k: cfg[k] for k in MODEL_KEYS}, seed=0)
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -81,18 +87,18 @@ def primitive_cases(cfg, dtype=np.float32):
         return rng.standard_normal(shape, dtype=np.float64).astype(dtype)
 
     x, w, bias = normal(b, t, c), normal(c), normal(c)
-    out, mean, rstd = backends.get("numpy").layernorm_forward(x, w, bias, 1e-5)
+    out, mean, rstd = numpy_ref.layernorm_forward(x, w, bias, 1e-5)
     scores = normal(b, h, t, t)
-    probs = backends.get("numpy").causal_softmax_forward(scores, 0.125)
+    probs = numpy_ref.causal_softmax_forward(scores, 0.125)
     rows = normal(n, t)
     logits, targets = normal(n, v), rng.integers(0, v, size=n)
-    lse = backends.get("numpy").cross_entropy_forward(logits, targets, -100)[1]
+    lse = numpy_ref.cross_entropy_forward(logits, targets, -100)[1]
     hidden = normal(b, t, f)
     weight, grad = normal(c, f), normal(c, f)
     return {
         "matmul": (normal(n, c), normal(c, f)),
         "softmax_forward": (rows,),
-        "softmax_backward": (normal(n, t), backends.get("numpy").softmax_forward(rows)),
+        "softmax_backward": (normal(n, t), numpy_ref.softmax_forward(rows)),
         "causal_softmax_forward": (scores, 0.125),
         "causal_softmax_backward": (normal(b, h, t, t), probs, 0.125),
         "layernorm_forward": (x, w, bias, 1e-5),
@@ -128,7 +134,7 @@ def time_primitives(names, cfg, repeat):
 
 def train_step_timing(backend, cfg, steps, warmup=2):
     """Time train_with_config's own loop: {ms_per_step, tokens_per_second, first_step_seconds}."""
-    model = TransformerLanguageModel(**{k: cfg[k] for k in MODEL_KEYS}, seed=0)
+    model = build_model(cfg)
     tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], size=50_000)
     run_cfg = dict(num_steps=warmup + steps, batch_size=cfg["batch_size"], val_fraction=0.0, eval_interval=0,
                    log_interval=1, backend=backend, seed=0)
@@ -191,8 +197,6 @@ def run_step_subprocess(backend, config_name, steps, env):
 def first_step_seconds(backend, config_name):
     """The first train step of a fresh process: with an empty Numba cache (every kernel compiles)
     and with the cache the first run filled (kernels load from disk)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as cache:
         cold = run_step_subprocess(backend, config_name, 1, {"NUMBA_CACHE_DIR": cache})
         warm = run_step_subprocess(backend, config_name, 1, {"NUMBA_CACHE_DIR": cache})
@@ -202,8 +206,6 @@ def first_step_seconds(backend, config_name):
 def thread_sharing(config_name, steps):
     """The numba backend's train step under each THREAD_SETUPS environment, one subprocess each
     (thread pools are fixed when a process starts); prange kernels compile into a private cache."""
-    import tempfile
-
     rows = {}
     for label, env in THREAD_SETUPS.items():
         with tempfile.TemporaryDirectory() as cache:
@@ -300,9 +302,9 @@ def main(argv=None):
     print(f"BLAS sgemm peak (float32 np.matmul, this run): {peak:.0f} GFLOP/s\n")
 
     table_cfg = CONFIGS[args.configs[0]]
-    results["primitives"] = table = time_primitives([b for b in args.backends if b != "auto"], table_cfg, args.repeat)
+    names = [b for b in args.backends if b != "auto"]  # auto's primitives are theirs, marked *
+    results["primitives"] = table = time_primitives(names, table_cfg, args.repeat)
     print(f"primitives, ms per call, float32, shapes of {args.configs[0]} (auto's pick marked *):")
-    names = [b for b in args.backends if b != "auto"]
     rows = []
     for primitive, timings in table.items():
         rows.append([primitive] + [(f"{timings[b]:.3f}" + ("*" if picked.get(primitive) == b else " "))
@@ -314,7 +316,7 @@ def main(argv=None):
     for config_name in args.configs:
         cfg = CONFIGS[config_name]
         steps = steps_for(args, config_name)
-        flops_per_token = TransformerLanguageModel(**{k: cfg[k] for k in MODEL_KEYS}, seed=0).flops_per_token()
+        flops_per_token = build_model(cfg).flops_per_token()
         figures = {name: train_step_timing(name, cfg, steps) for name in args.backends}
         torch_figures = None if args.no_torch else torch_step_timing(cfg, steps)
         if torch_figures is not None:

@@ -32,9 +32,7 @@ blocked_matmul = _matmul.blocked_matmul  # the teaching reference (see kernels/m
 _FLOATS = (np.float32, np.float64)
 
 
-def matmul(a, b):
-    """BLAS, as numpy_ref: a (..., M, K) @ b (..., K, N) -> (..., M, N)."""
-    return np.matmul(a, b)
+matmul = numpy_ref.matmul  # BLAS: no kernel written here beats sgemm
 
 
 def _dtype(**arrays):
