@@ -285,6 +285,7 @@ def steps_for(args, config_name):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.step_only:
         figures = train_step_timing(args.backends[0], CONFIGS[args.step_only], steps_for(args, args.step_only),
@@ -294,7 +295,7 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # auto's fallback note is printed in the table below instead
         picked = backends.get("auto").picked
-    results = {"machine": machine_description(), "command": "nanollm bench " + " ".join(argv or sys.argv[1:]),
+    results = {"machine": machine_description(), "command": " ".join(["nanollm bench", *argv]),
                "import_seconds": import_seconds()}
     print(f"machine: {results['machine']}")
     print(f"import nanollm: {results['import_seconds']:.2f} s (fresh interpreter; kernels compile on first use)")

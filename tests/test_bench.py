@@ -23,6 +23,7 @@ def test_quick_bench_prints_and_saves_every_section(tmp_path):
         assert heading in done.stdout
     results = json.loads((tmp_path / "bench.json").read_text())
     assert results["sgemm_peak_gflops"] > 0 and results["import_seconds"] > 0
+    assert results["command"] == "nanollm bench --quick --no-torch --backends numpy,numba,auto --json bench.json"
     assert set(results["primitives"]["gelu_forward"]) == {"numpy", "numba"}
     step = results["train_step"]["tiny"]
     assert set(step) == {"numpy", "numba", "auto"}
