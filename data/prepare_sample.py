@@ -1,20 +1,39 @@
-"""Write data/raw/sample.txt: a small slice of nanollm's embedded synthetic corpus.
+"""Write the sample data in data/: slices of nanollm's embedded synthetic corpus.
 
-    python data/prepare_sample.py          # with nanollm installed; rewrites data/raw/sample.txt
+    data/raw/sample.txt                  50,000 characters of the text corpus
+    data/instruct/alpaca_sample.jsonl    200 instruction records, Alpaca format
+    data/instruct/sharegpt_sample.jsonl  the same 200 as ShareGPT conversations
+
+    python data/prepare_sample.py        # with nanollm installed; rewrites those files
+
+A test checks that the files equal what this script writes, so they never drift.
 """
 
+import json
 from pathlib import Path
 
-from nanollm.corpus import synthetic_text
+from nanollm.corpus import synthetic_instructions, synthetic_text
 
-SAMPLE_CHARS, SAMPLE_SEED = 50_000, 0
-SAMPLE_PATH = Path(__file__).parent / "raw" / "sample.txt"
+DATA = Path(__file__).parent
+SAMPLE_CHARS, SAMPLE_SEED, SAMPLE_RECORDS = 50_000, 0, 200
+
+
+def sample_files():
+    """{path: text} of every sample file."""
+    def jsonl(format):
+        records = synthetic_instructions(SAMPLE_RECORDS, seed=SAMPLE_SEED, format=format)
+        return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+    return {DATA / "raw" / "sample.txt": synthetic_text(SAMPLE_CHARS, seed=SAMPLE_SEED),
+            DATA / "instruct" / "alpaca_sample.jsonl": jsonl("alpaca"),
+            DATA / "instruct" / "sharegpt_sample.jsonl": jsonl("sharegpt")}
 
 
 def main():
-    SAMPLE_PATH.parent.mkdir(parents=True, exist_ok=True)
-    SAMPLE_PATH.write_text(synthetic_text(SAMPLE_CHARS, seed=SAMPLE_SEED), encoding="utf-8")
-    print(f"wrote {SAMPLE_PATH} ({SAMPLE_PATH.stat().st_size:,} bytes)")
+    for path, text in sample_files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path} ({path.stat().st_size:,} bytes)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Token ids -> training batches: the train/validation split, random windows, epoch order.
+"""Token ids -> training batches: datasets, the train/validation split, random windows, epochs;
+and ``prepare``, which turns a text or instruction file into token files.
 
 A window is seq_len + 1 consecutive tokens: its first seq_len are the inputs, its last
 seq_len the next-token targets. Two ways to pick windows:
@@ -8,14 +9,32 @@ seq_len the next-token targets. Two ways to pick windows:
 
 The epoch order is a pure function of (seed, epoch), so a resumed run finds its place in the
 data from the step number alone.
+
+A ``TokenDataset`` is one stream of ids (a list, an array, or a memmapped .bin file that is
+never loaded whole) with an optional loss mask: where the mask is 0 the target is replaced by
+the cross-entropy's ignore_index, so instruction prompts teach the model nothing.
 """
+
+import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 
+from nanollm.instruct import CHAT_SPECIAL_TOKENS, END_OF_TEXT, encode_conversation, read_instructions, render_text
+from nanollm.ops.cross_entropy import IGNORE_INDEX
+from nanollm.textfiles import CHUNK_BYTES, iter_text_chunks
+from nanollm.tokenfile import FORMATS, MASK_FORMAT, TokenFileWriter, read_token_file, token_format
+from nanollm.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 
-def as_token_array(tokens, vocab_size, name="tokens"):
+CHECK_CHUNK = 1 << 24  # ids checked per piece, so a memmapped file is scanned, not loaded
+
+
+def as_token_array(tokens, vocab_size=None, name="tokens"):
     """A 1-D integer array of ids in [0, vocab_size) (np.memmap stays memmapped), or a
-    ValueError that names the problem: wrong shape, non-integers, or an id the model lacks."""
+    ValueError that names the problem: wrong shape, non-integers, or an id the model lacks.
+    Without vocab_size the ids are not scanned (a memmapped file stays unread)."""
     if isinstance(tokens, (list, tuple)):
         if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in tokens):
             raise ValueError(f"{name} must be a list of integer token ids; encode text with a tokenizer first")
@@ -27,13 +46,19 @@ def as_token_array(tokens, vocab_size, name="tokens"):
     if tokens.ndim != 1:
         raise ValueError(f"{name} must be 1-D (one long stream of ids), got shape {tokens.shape}; "
                          f"flatten it with {name}.reshape(-1)")
-    if tokens.size:
-        low, high = int(tokens.min()), int(tokens.max())
+    if tokens.size and vocab_size is not None:
+        low, high = _id_range(tokens)
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"{name} holds token id {bad} outside the model's vocabulary [0, {vocab_size}); "
                              f"build the model with the tokenizer's vocab_size")
     return tokens
+
+
+def _id_range(tokens):
+    """(min, max) of a non-empty 1-D array, scanned in pieces."""
+    pieces = [tokens[i:i + CHECK_CHUNK] for i in range(0, tokens.size, CHECK_CHUNK)]
+    return min(int(p.min()) for p in pieces), max(int(p.max()) for p in pieces)
 
 
 def split_train_val(tokens, val_fraction):
@@ -87,3 +112,279 @@ class EpochOrder:
 def micro_batches(starts, batch_size):
     """Split one step's window starts into consecutive micro-batches of at most batch_size."""
     return [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
+
+
+class TokenDataset:
+    """One stream of token ids that training cuts windows from.
+
+    tokens     (N,) integer ids: a list, an array, or the np.memmap of a .bin file
+    loss_mask  (N,) 0/1 or None: 0 where token i is not a trained target (its prediction from
+               the tokens before it adds nothing to the loss)
+    name       what error messages call it ("tokens", "val_tokens", a file's path)
+    path       the .bin file it was read from, or None
+    """
+
+    def __init__(self, tokens, loss_mask=None, name="tokens", path=None):
+        self.name, self.path = name, path
+        self.tokens = as_token_array(tokens, name=name)
+        if loss_mask is not None:
+            loss_mask = np.asarray(loss_mask)
+            if loss_mask.shape != self.tokens.shape:
+                raise ValueError(f"{name}: loss_mask has shape {loss_mask.shape} but the tokens have shape "
+                                 f"{self.tokens.shape}; give one mask value per token")
+        self.loss_mask = loss_mask
+
+    @classmethod
+    def from_file(cls, path, mask_path=None):
+        """The dataset of a .bin token file (memmapped), with its loss-mask file if given."""
+        tokens = read_token_file(path)
+        mask = read_token_file(mask_path, expect_mask=True) if mask_path is not None else None
+        if mask is not None and len(mask) != len(tokens):
+            raise ValueError(f"{mask_path} holds {len(mask):,} mask values for the {len(tokens):,} tokens of {path}; "
+                             "prepare the data again")
+        return cls(tokens, mask, name=str(path), path=str(path))
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def check_vocab(self, vocab_size):
+        """Check that every id is in [0, vocab_size); returns self."""
+        self.tokens = as_token_array(self.tokens, vocab_size, name=self.name)
+        return self
+
+    def split(self, val_fraction):
+        """(train, val): the first (1 - val_fraction) of the stream and the rest."""
+        train, val = split_train_val(self.tokens, val_fraction)
+        cut = len(train)
+        mask = self.loss_mask
+        return (TokenDataset(train, None if mask is None else mask[:cut], self.name, self.path),
+                TokenDataset(val, None if mask is None else mask[cut:], self.name, self.path))
+
+    def windows(self, starts, seq_len):
+        """Inputs (B, T) and targets (B, T) int64 of the windows starting at ``starts`` (B,);
+        masked targets are IGNORE_INDEX."""
+        inputs, targets = windows_at(self.tokens, starts, seq_len)
+        if self.loss_mask is not None:
+            offsets = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(1, seq_len + 1)  # (B, T)
+            targets = np.where(self.loss_mask[offsets] != 0, targets, IGNORE_INDEX)
+        return inputs, targets
+
+    def random_batch(self, rng, batch_size, seq_len):
+        """One batch of ``batch_size`` random windows: inputs (B, T), targets (B, T)."""
+        require_windows(self.tokens, seq_len, self.name, "give more tokens or lower max_seq_len")
+        return self.windows(random_starts(rng, len(self), seq_len, batch_size), seq_len)
+
+    def epoch_batches(self, batch_size, seq_len, epoch=0, seed=0, drop_last=True):
+        """Yield the batches of one epoch: every non-overlapping window once, shuffled by
+        (seed, epoch), in batches of batch_size (the last smaller unless drop_last)."""
+        require_windows(self.tokens, seq_len, self.name, "give more tokens or lower max_seq_len")
+        order = EpochOrder(len(self), seq_len, batch_size, drop_last, seed)
+        for index in range(order.steps_per_epoch):
+            yield self.windows(order.starts_for_step(epoch * order.steps_per_epoch + index), seq_len)
+
+
+def as_dataset(tokens, vocab_size, name="tokens"):
+    """A TokenDataset of ``tokens`` (ids or a dataset) whose ids all fit ``vocab_size``."""
+    if not isinstance(tokens, TokenDataset):
+        tokens = TokenDataset(tokens, name=name)
+    return tokens.check_vocab(vocab_size)
+
+
+# ---------------------------------------------------------------- prepare: file -> token files
+
+PREPARED_FILES = ("train.bin", "train_mask.bin", "val.bin", "val_mask.bin", "tokenizer.json", "meta.json")
+BPE_TRAIN_BYTES = 10_000_000  # a BPE vocabulary is learned from at most this much of the text
+PREPARED_FORMAT_VERSION = 1
+
+
+def _write_json_atomically(path, data):
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _out_folder(out_dir, overwrite):
+    """Create out_dir; refuse to replace prepared files already there unless overwrite."""
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"out_dir {str(folder)!r} is a file, not a folder; choose another out_dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = [name for name in PREPARED_FILES if (folder / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{str(folder)!r} already holds prepared data ({', '.join(existing)}); choose another "
+                         "out_dir or pass overwrite=True to replace it")
+    return folder
+
+
+def _publish(staging, folder):
+    """Move every prepared file from staging into folder (only now are earlier ones replaced;
+    one of ours the new run did not write, such as an old mask file, is removed)."""
+    for name in PREPARED_FILES:
+        if (staging / name).exists():
+            os.replace(staging / name, folder / name)
+        elif (folder / name).exists():
+            (folder / name).unlink()
+    staging.rmdir()
+
+
+def _make_tokenizer(tokenizer, text_for_vocab, vocab_size, min_frequency, special_tokens):
+    """The tokenizer to encode with: an object as given, a saved one loaded from its path, or a
+    new "char"/"bpe" one built from ``text_for_vocab()`` (a function: only called when needed)."""
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    if tokenizer == "char":
+        return CharTokenizer(sorted(set(text_for_vocab())), special_tokens=special_tokens)
+    if tokenizer == "bpe":
+        return BPETokenizer(vocab_size=vocab_size, min_frequency=min_frequency,
+                            special_tokens=special_tokens).build_vocab(text_for_vocab())
+    if not Path(tokenizer).is_file():
+        raise ValueError(f"tokenizer={str(tokenizer)!r} is neither 'char', 'bpe' nor a saved tokenizer.json file")
+    return load_tokenizer(tokenizer)
+
+
+def _encode(tokenizer, text, source, allow_special):
+    """tokenizer.encode with the input file named in its error (a character a given vocabulary lacks)."""
+    try:
+        return tokenizer.encode(text, allow_special=allow_special)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def _prepare_text(path, folder, tokenizer, vocab_size, min_frequency, val_fraction, chunk_bytes):
+    """Stream a text file into train.bin / val.bin: the last val_fraction of its bytes (cut
+    at a character) is validation. Returns (tokenizer, train count, val count)."""
+    size = path.stat().st_size
+    val_start = size - int(size * val_fraction)  # a byte offset
+
+    def vocab_text():
+        if tokenizer == "char":  # every character of the file, read piece by piece
+            chars = set()
+            for piece in iter_text_chunks(path):
+                chars.update(piece)
+            return "".join(chars)
+        limit = min(val_start, BPE_TRAIN_BYTES)  # BPE learns from the start of the training text
+        taken, total = [], 0
+        for piece in iter_text_chunks(path):
+            taken.append(piece)
+            total += len(piece.encode("utf-8"))
+            if total >= limit:
+                break
+        return "".join(taken).encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
+    tok = _make_tokenizer(tokenizer, vocab_text, vocab_size, min_frequency, (END_OF_TEXT,))
+    file_format = token_format(tok.vocab_size)
+    with TokenFileWriter(folder / "train.bin", file_format) as train, \
+            TokenFileWriter(folder / "val.bin", file_format) as val:
+        offset = 0
+        for piece in iter_text_chunks(path, chunk_bytes):
+            raw = piece.encode("utf-8")
+            cut = len(raw[:max(0, val_start - offset)].decode("utf-8", errors="ignore"))  # chars before val
+            if cut:
+                train.write(np.asarray(_encode(tok, piece[:cut], path, True), dtype=np.int64))
+            if cut < len(piece):
+                val.write(np.asarray(_encode(tok, piece[cut:], path, True), dtype=np.int64))
+            offset += len(raw)
+    return tok, train.count, val.count
+
+
+def _prepare_instructions(path, folder, tokenizer, vocab_size, min_frequency, val_fraction, format):
+    """Instruction JSONL into train/val token and mask files: the last val_fraction of the
+    conversations are validation. Returns (tokenizer, train count, val count, format)."""
+    conversations, format = read_instructions(path, format)
+    tok = _make_tokenizer(tokenizer, lambda: "".join(render_text(c) for c in conversations), vocab_size,
+                          min_frequency, CHAT_SPECIAL_TOKENS)
+    num_val = round(len(conversations) * val_fraction)
+    if val_fraction > 0 and num_val == 0 and len(conversations) > 1:
+        num_val = 1
+    file_format = token_format(tok.vocab_size)
+    counts = []
+    for split, part in (("train", conversations[:len(conversations) - num_val]),
+                        ("val", conversations[len(conversations) - num_val:])):
+        with TokenFileWriter(folder / f"{split}.bin", file_format) as ids_file, \
+                TokenFileWriter(folder / f"{split}_mask.bin", MASK_FORMAT) as mask_file:
+            for conversation in part:
+                try:
+                    ids, mask = encode_conversation(tok, conversation)
+                except ValueError as exc:
+                    raise ValueError(f"{path}: {exc}") from None
+                ids_file.write(ids)
+                mask_file.write(mask)
+        counts.append(ids_file.count)
+    return tok, counts[0], counts[1], format
+
+
+def prepare(input_path, out_dir, tokenizer="char", vocab_size=4096, min_frequency=2, val_fraction=0.1,
+            instruction_format=None, overwrite=False, chunk_bytes=None):
+    """Turn a text file (or instruction JSONL) into what training reads: out_dir/train.bin,
+    val.bin (+ train_mask.bin, val_mask.bin for instruction data), tokenizer.json, meta.json.
+
+    tokenizer: "char", "bpe" (learned with vocab_size and min_frequency), a tokenizer object, or
+    the path of a saved tokenizer.json (to encode fine-tuning data with a pretrained model's).
+    instruction_format: None (plain text; a .jsonl input means "auto"), "auto", "alpaca" or
+    "sharegpt". Text is read and encoded in pieces, so its size is not bounded by memory.
+    Returns meta.json's content."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    path = Path(input_path)
+    if not path.is_file():
+        raise ValueError(f"input file {str(path)!r} does not exist; give the path of a UTF-8 text or JSONL file")
+    if instruction_format is None and path.suffix == ".jsonl":
+        instruction_format = "auto"
+    folder = _out_folder(out_dir, overwrite)
+    staging = folder / f".prepare.{os.getpid()}"  # nothing in folder changes until all is written
+    staging.mkdir(exist_ok=True)
+    try:
+        if instruction_format is None:
+            tok, num_train, num_val = _prepare_text(path, staging, tokenizer, vocab_size, min_frequency,
+                                                    val_fraction, chunk_bytes or CHUNK_BYTES)
+        else:
+            tok, num_train, num_val, instruction_format = _prepare_instructions(
+                path, staging, tokenizer, vocab_size, min_frequency, val_fraction, instruction_format)
+        tok.save(staging / "tokenizer.json")
+        meta = _meta(path, tok, instruction_format, num_train, num_val, val_fraction)
+        _write_json_atomically(staging / "meta.json", meta)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _publish(staging, folder)
+    return meta
+
+
+def _meta(path, tok, instruction_format, num_train, num_val, val_fraction):
+    from nanollm import __version__
+
+    return {"format": "nanollm-prepared", "format_version": PREPARED_FORMAT_VERSION, "source": str(path),
+            "source_bytes": path.stat().st_size, "instruction_format": instruction_format,
+            "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "token_dtype": FORMATS[token_format(tok.vocab_size)].name,
+            "train_tokens": num_train, "val_tokens": num_val, "val_fraction": val_fraction,
+            "nanollm_version": __version__}
+
+
+def load_prepared(folder):
+    """What ``prepare`` wrote: {"train": TokenDataset, "val": TokenDataset or None,
+    "tokenizer": ..., "meta": dict}; the datasets are memmapped, not read."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"prepared data folder {str(folder)!r} does not exist; write it with "
+                         "nanollm.data.prepare(text_file, folder)")
+    for name in ("meta.json", "tokenizer.json", "train.bin"):
+        if not (folder / name).is_file():
+            raise ValueError(f"{str(folder)!r} has no {name}: it is not a prepared data folder; write it with "
+                             "nanollm.data.prepare(text_file, folder)")
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{folder / 'meta.json'} is not valid JSON ({exc}); prepare the data again") from None
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    if meta.get("vocab_size") != tokenizer.vocab_size:
+        raise ValueError(f"{folder / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but meta.json says "
+                         f"{meta.get('vocab_size')}: the files come from different runs of prepare; prepare again")
+
+    def dataset(split):
+        mask = folder / f"{split}_mask.bin"
+        data = TokenDataset.from_file(folder / f"{split}.bin", mask if mask.is_file() else None)
+        return data.check_vocab(tokenizer.vocab_size)
+
+    val = dataset("val") if (folder / "val.bin").is_file() else None
+    return {"train": dataset("train"), "val": val if val is not None and len(val) else None,
+            "tokenizer": tokenizer, "meta": meta}

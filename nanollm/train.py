@@ -29,8 +29,7 @@ import numpy as np
 from nanollm import backends
 from nanollm.checkpoint import load_checkpoint, save_checkpoint
 from nanollm.config import resolve
-from nanollm.data import (EpochOrder, as_token_array, micro_batches, random_starts, require_windows,
-                          split_train_val, windows_at)
+from nanollm.data import EpochOrder, TokenDataset, as_dataset, micro_batches, random_starts, require_windows
 from nanollm.generate import generate_text
 from nanollm.metrics import METRICS_FILE, MetricsLog, Progress, log_line
 from nanollm.optim import OPTIMIZERS, clip_grad_norm, decays, hyperparameters
@@ -41,21 +40,23 @@ STEP_CHECKPOINT = re.compile(r"checkpoint_step_(\d+)\.npz$")
 
 
 def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0):
-    """Mean loss of ``model`` on ``tokens`` with dropout off (the model's mode is restored).
+    """Mean loss of ``model`` on ``tokens`` (ids or a TokenDataset) with dropout off (the model's
+    mode is restored).
 
     num_batches=None: every non-overlapping window of the stream once, an exact figure.
     Otherwise that many batches of random windows drawn from ``seed``: the same windows every
     call, so successive evaluations compare the model, not the sample."""
+    data = tokens if isinstance(tokens, TokenDataset) else TokenDataset(tokens)
     if num_batches is None:
-        starts = np.arange(0, len(tokens) - seq_len, seq_len)
+        starts = np.arange(0, len(data) - seq_len, seq_len)
         batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
     else:
         rng = np.random.default_rng(seed)
-        batches = [random_starts(rng, len(tokens), seq_len, batch_size) for _ in range(num_batches)]
+        batches = [random_starts(rng, len(data), seq_len, batch_size) for _ in range(num_batches)]
     total, count = 0.0, 0
     with model.evaluating():
         for starts in batches:
-            inputs, targets = windows_at(tokens, starts, seq_len)
+            inputs, targets = data.windows(starts, seq_len)
             total += float(model.forward(inputs, targets)[1]) * len(starts)
             count += len(starts)
     return total / count
@@ -80,20 +81,33 @@ def _configure_model(model, cfg):
     return seq_len
 
 
+def _where(data):
+    """' (path)' for a dataset read from a file, '' for ids given in memory."""
+    return f" ({data.path})" if data.path is not None else ""
+
+
 def _split_data(model, tokens, val_tokens, cfg, seq_len):
-    """(train, val or None) token streams, each checked against the model's vocabulary."""
-    tokens = as_token_array(tokens, model.vocab_size)
+    """(train, val or None) TokenDatasets, each checked against the model's vocabulary."""
+    train = as_dataset(tokens, model.vocab_size)
     if val_tokens is not None:
-        train, val = tokens, as_token_array(val_tokens, model.vocab_size, name="val_tokens")
+        val = as_dataset(val_tokens, model.vocab_size, name="val_tokens")
     else:
-        train, val = split_train_val(tokens, cfg["val_fraction"])
-    require_windows(train, seq_len, "the training data", "give more tokens or lower max_seq_len")
+        train, val = train.split(cfg["val_fraction"])
+    require_windows(train.tokens, seq_len, f"the training data{_where(train)}",
+                    "give more tokens or lower max_seq_len")
     if val is not None and len(val) == 0:
         val = None
     if val is not None:
-        require_windows(val, seq_len, "the validation data",
+        require_windows(val.tokens, seq_len, f"the validation data{_where(val)}",
                         "raise val_fraction, pass more val_tokens, or set val_fraction to 0 for no validation")
     return train, val
+
+
+def _check_tokenizer(model, tokenizer):
+    if tokenizer is not None and tokenizer.vocab_size != model.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model has vocab_size="
+                         f"{model.vocab_size}; build the model with vocab_size=tokenizer.vocab_size (the tokenizer "
+                         "the data was encoded with)")
 
 
 def _prepare_checkpoint_dir(cfg, resuming_here):
@@ -150,7 +164,7 @@ class _TrainingRun:
         (weights by window count, so a smaller last micro-batch counts for less)."""
         loss, grads = 0.0, None
         for batch in micro_batches(starts, self.cfg["batch_size"]):
-            inputs, targets = windows_at(self.train, batch, self.seq_len)  # (b, T) each
+            inputs, targets = self.train.windows(batch, self.seq_len)  # (b, T) each
             _, batch_loss = self.model.forward(inputs, targets)
             batch_grads = self.model.backward()
             weight = len(batch) / len(starts)
@@ -302,11 +316,13 @@ def _finite_or_none(value):
 
 
 def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=None, resume_from=None, preset=None):
-    """Train ``model`` on the 1-D stream of token ids ``tokens`` as the config says.
+    """Train ``model`` on ``tokens`` as the config says: a 1-D list/array of token ids, or a
+    TokenDataset (a memmapped .bin file; instruction data with its loss mask).
 
     cfg: a dict of keys from nanollm.config.DEFAULTS (resolved on top of ``preset``).
-    val_tokens: validation ids (default: the last val_fraction of ``tokens``).
-    tokenizer: saved into checkpoints, and needed for samples during training.
+    val_tokens: validation ids or dataset (default: the last val_fraction of ``tokens``).
+    tokenizer: saved into checkpoints, needed for samples during training; its vocab_size must
+    equal the model's.
     resume_from: a checkpoint to continue from (same as cfg["resume_from"]).
 
     Returns a dict: final_loss, final_grad_norm, final_val_loss, final_val_perplexity,
@@ -319,6 +335,7 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
         overrides.append({"resume_from": str(resume_from)})
     cfg = resolve(*overrides, preset=preset, sources=["config", "resume_from argument"][:len(overrides)])
     seq_len = _configure_model(model, cfg)
+    _check_tokenizer(model, tokenizer)
     train, val = _split_data(model, tokens, val_tokens, cfg, seq_len)
     if cfg["sample_interval"] and tokenizer is None:
         raise ValueError("sample_interval is set but no tokenizer was given; pass tokenizer=... to "

@@ -43,7 +43,8 @@ def test_synthetic_corpus_is_deterministic_and_varied():
     text = synthetic_text(20_000, seed=1)
     assert text == synthetic_text(20_000, seed=1) != synthetic_text(20_000, seed=2)
     assert len(text) >= 20_000 and text.endswith("\n")
-    assert "Q: " in text and " = " in text and "went to" in text
+    for marker in ("Q: ", " = ", " x ", "went to", "<|user|>\n", "<|assistant|>\n", "<|endoftext|>", "Monday"):
+        assert marker in text, marker
 
 
 @pytest.fixture
@@ -90,11 +91,18 @@ def test_demo_command_trains_and_the_loss_falls():
     assert "after training" in result.stdout
 
 
-def test_shipped_sample_file_is_the_generator_output():
-    """data/raw/sample.txt is written by data/prepare_sample.py: it must not drift from it."""
+def test_shipped_sample_files_are_the_generator_output():
+    """data/ holds what data/prepare_sample.py writes: the files must not drift from it."""
+    import importlib.util
     from pathlib import Path
 
-    sample = Path(__file__).parent.parent / "data" / "raw" / "sample.txt"
-    if not sample.exists():
-        pytest.skip(f"{sample} is not in this checkout")
-    assert sample.read_text(encoding="utf-8") == synthetic_text(50_000, seed=0)
+    script = Path(__file__).parent.parent / "data" / "prepare_sample.py"
+    if not script.exists():
+        pytest.skip(f"{script} is not in this checkout")
+    spec = importlib.util.spec_from_file_location("prepare_sample", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    files = module.sample_files()
+    assert len(files) == 3
+    for path, text in files.items():
+        assert path.read_text(encoding="utf-8") == text, f"{path} drifted; run python data/prepare_sample.py"

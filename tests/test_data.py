@@ -1,0 +1,255 @@
+"""Token files, datasets and batches, prepare/load_prepared, and every bad input they meet."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanollm import GPT, CharTokenizer, train_with_config
+from nanollm.corpus import synthetic_text
+from nanollm.data import TokenDataset, load_prepared, prepare
+from nanollm.ops.cross_entropy import IGNORE_INDEX
+from nanollm.textfiles import iter_text_chunks, read_text_file
+from nanollm.tokenfile import HEADER_BYTES, MASK_FORMAT, read_token_file, token_format, write_token_file
+
+# ---------------------------------------------------------------- the .bin layout
+
+
+def test_token_file_header_is_llm_c_layout_and_reads_as_memmap(tmp_path):
+    ids = np.array([5, 0, 65535, 7], dtype=np.int64)
+    path = write_token_file(tmp_path / "t.bin", ids, token_format(65536))
+    raw = path.read_bytes()
+    header = np.frombuffer(raw[:HEADER_BYTES], dtype="<i4")
+    assert list(header[:3]) == [20240520, 1, 4] and not header[3:].any()
+    assert np.frombuffer(raw[HEADER_BYTES:], dtype="<u2").tolist() == ids.tolist()
+    tokens = read_token_file(path)
+    assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16 and tokens.tolist() == ids.tolist()
+
+
+def test_large_vocabularies_use_uint32(tmp_path):
+    assert token_format(65536) == (20240520, 1) and token_format(65537) == (20240801, 7)
+    path = write_token_file(tmp_path / "t.bin", [70_000, 1], token_format(100_000))
+    assert read_token_file(path).dtype == np.uint32 and read_token_file(path).tolist() == [70_000, 1]
+    with pytest.raises(ValueError, match="value 70000 does not fit t16.bin's uint16"):
+        write_token_file(tmp_path / "t16.bin", [70_000], token_format(100))
+    assert not (tmp_path / "t16.bin").exists() and not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[:100], "truncated: 100 bytes, shorter than the 1024-byte header"),
+    (lambda raw: raw[:-2], r"truncated: the header counts 4 tokens, the file holds 3"),
+    (lambda raw: raw + b"\0\0", "longer than its header says"),
+    (lambda raw: b"\1\2\3\4" + raw[4:], "is not a token file: header magic 67305985"),
+])
+def test_damaged_token_files_are_clear_errors(tmp_path, damage, message):
+    path = write_token_file(tmp_path / "t.bin", [1, 2, 3, 4], token_format(10))
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError, match=message):
+        read_token_file(path)
+
+
+def test_token_file_kinds_are_not_confused(tmp_path):
+    mask = write_token_file(tmp_path / "m.bin", [0, 1, 1], MASK_FORMAT)
+    tokens = write_token_file(tmp_path / "t.bin", [0, 1, 1], token_format(10))
+    with pytest.raises(ValueError, match="is a loss-mask file where a token file was expected"):
+        read_token_file(mask)
+    with pytest.raises(ValueError, match="is a token file where a loss-mask file was expected"):
+        read_token_file(tokens, expect_mask=True)
+    with pytest.raises(ValueError, match="token file .*missing.bin' does not exist"):
+        read_token_file(tmp_path / "missing.bin")
+
+
+# ---------------------------------------------------------------- datasets and batches
+
+
+@settings(max_examples=30, deadline=None)
+@given(num_tokens=st.integers(20, 300), seq_len=st.integers(1, 16), batch_size=st.integers(1, 5), seed=st.integers(0, 99))
+def test_random_batches_are_shifted_windows(num_tokens, seq_len, batch_size, seed):
+    data = TokenDataset(np.arange(num_tokens) % 251)
+    inputs, targets = data.random_batch(np.random.default_rng(seed), batch_size, seq_len)
+    assert inputs.shape == targets.shape == (batch_size, seq_len) and inputs.dtype == np.int64
+    assert (targets[:, :-1] == inputs[:, 1:]).all()
+    assert ((targets[:, -1] - inputs[:, -1]) % 251 == 1).all()
+
+
+def test_epoch_batches_cover_every_window_once_in_seeded_order():
+    data = TokenDataset(np.arange(101))
+    batches = list(data.epoch_batches(batch_size=3, seq_len=10, epoch=0, seed=5, drop_last=False))
+    firsts = sorted(int(x) for inputs, _ in batches for x in inputs[:, 0])
+    assert firsts == list(range(0, 100, 10)) and [len(b[0]) for b in batches] == [3, 3, 3, 1]
+    again = list(data.epoch_batches(batch_size=3, seq_len=10, epoch=0, seed=5, drop_last=False))
+    other_epoch = list(data.epoch_batches(batch_size=3, seq_len=10, epoch=1, seed=5, drop_last=False))
+    assert all((a[0] == b[0]).all() for a, b in zip(batches, again))
+    assert any((a[0] != b[0]).any() for a, b in zip(batches, other_epoch))
+    assert len(list(data.epoch_batches(3, 10, drop_last=True))) == 3
+
+
+def test_loss_mask_turns_targets_into_ignore_index():
+    data = TokenDataset(np.arange(10), loss_mask=np.array([1, 1, 0, 0, 1, 1, 1, 0, 1, 1], dtype=np.uint8))
+    inputs, targets = data.windows([0, 3], 4)
+    assert inputs.tolist() == [[0, 1, 2, 3], [3, 4, 5, 6]]
+    assert targets.tolist() == [[1, IGNORE_INDEX, IGNORE_INDEX, 4], [4, 5, 6, IGNORE_INDEX]]
+    with pytest.raises(ValueError, match="loss_mask has shape"):
+        TokenDataset(np.arange(10), loss_mask=np.ones(9))
+
+
+def test_bad_ids_are_named():
+    with pytest.raises(ValueError, match="must be a list of integer token ids"):
+        TokenDataset(["a", "b"])
+    with pytest.raises(ValueError, match="holds token id 12 outside the model's vocabulary \\[0, 10\\)"):
+        TokenDataset([1, 12, 3]).check_vocab(10)
+    with pytest.raises(ValueError, match="holds token id -1 outside"):
+        TokenDataset(np.array([1, -1])).check_vocab(10)
+
+
+# ---------------------------------------------------------------- text files
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty; give a file with some text in it"),
+    (b"abc\ndef\0ghi", r"looks like a binary file, not text: a NUL byte at byte offset 7 \(line 2, column 4\)"),
+    (b"ok\nline two\ncaf\xe9\n", r"is not UTF-8 text: byte 0xe9 at byte offset 15 \(line 3, column 4\)"),
+])
+def test_bad_text_files_say_what_and_where(tmp_path, content, message):
+    path = tmp_path / "input.txt"
+    path.write_bytes(content)
+    for read in (read_text_file, lambda p: list(iter_text_chunks(p, chunk_bytes=4))):
+        with pytest.raises(ValueError, match=message):
+            read(path)
+    with pytest.raises(ValueError, match="input.txt"):
+        prepare(path, tmp_path / "out")
+    assert not (tmp_path / "out" / "train.bin").exists()
+
+
+def test_missing_text_file_and_folder(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        read_text_file(tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match="is a folder, not a text file"):
+        read_text_file(tmp_path)
+    with pytest.raises(ValueError, match="input file .*nope.txt' does not exist"):
+        prepare(tmp_path / "nope.txt", tmp_path / "out")
+
+
+@settings(max_examples=25, deadline=None)
+@given(text=st.text(min_size=1, max_size=300), chunk=st.integers(1, 40))
+def test_text_chunks_join_to_the_file_and_end_at_line_ends(tmp_path_factory, text, chunk):
+    path = tmp_path_factory.mktemp("chunks") / "t.txt"
+    path.write_bytes(text.replace("\0", "").encode("utf-8", errors="surrogatepass") or b"x")
+    try:
+        whole = read_text_file(path)
+    except ValueError:
+        return  # lone surrogates are not UTF-8: both readers refuse them (checked above)
+    pieces = list(iter_text_chunks(path, chunk_bytes=chunk))
+    assert "".join(pieces) == whole and all(piece.endswith("\n") for piece in pieces[:-1])
+
+
+# ---------------------------------------------------------------- prepare / load_prepared
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(synthetic_text(20_000, seed=3), encoding="utf-8")
+    return path
+
+
+def test_prepare_char_writes_the_files_and_round_trips(corpus_file, tmp_path):
+    meta = prepare(corpus_file, tmp_path / "prep", tokenizer="char", val_fraction=0.1, chunk_bytes=997)
+    files = sorted(p.name for p in (tmp_path / "prep").iterdir())
+    assert files == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
+    assert json.loads((tmp_path / "prep" / "meta.json").read_text()) == meta
+    data = load_prepared(tmp_path / "prep")
+    tok, train, val = data["tokenizer"], data["train"], data["val"]
+    assert isinstance(train.tokens, np.memmap) and train.loss_mask is None
+    text = corpus_file.read_text(encoding="utf-8")
+    assert tok.decode(np.concatenate([train.tokens, val.tokens])) == text
+    raw = text.encode("utf-8")
+    assert tok.decode(val.tokens) == raw[len(raw) - int(0.1 * len(raw)):].decode("utf-8")
+    assert meta["train_tokens"] == len(train) and meta["vocab_size"] == tok.vocab_size
+    assert meta["token_dtype"] == "uint16" and tok.special_tokens == {"<|endoftext|>": tok.vocab_size - 1}
+    assert tok.encode("<|endoftext|>") == [tok.vocab_size - 1]
+
+
+def test_prepare_bpe_and_reuse_a_saved_tokenizer(corpus_file, tmp_path):
+    meta = prepare(corpus_file, tmp_path / "bpe", tokenizer="bpe", vocab_size=300, val_fraction=0.05)
+    assert meta["tokenizer"] == "bpe" and meta["vocab_size"] == 300
+    data = load_prepared(tmp_path / "bpe")
+    text = corpus_file.read_text(encoding="utf-8")
+    assert data["tokenizer"].decode(np.concatenate([data["train"].tokens, data["val"].tokens])) == text
+    assert len(data["train"]) + len(data["val"]) < 0.7 * len(text.encode())  # merges compress
+    again = prepare(corpus_file, tmp_path / "again", tokenizer=tmp_path / "bpe" / "tokenizer.json")
+    assert load_prepared(tmp_path / "again")["tokenizer"].to_dict() == data["tokenizer"].to_dict()
+    with pytest.raises(ValueError, match="is neither 'char', 'bpe' nor a saved tokenizer.json"):
+        prepare(corpus_file, tmp_path / "x", tokenizer="wordpiece")
+
+
+def test_prepare_never_replaces_data_unasked_and_keeps_it_when_failing(corpus_file, tmp_path):
+    out = tmp_path / "prep"
+    prepare(corpus_file, out)
+    before = (out / "train.bin").read_bytes()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds prepared data .*pass overwrite=True"):
+        prepare(corpus_file, out)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n" * 1000 + b"\xff")
+    with pytest.raises(ValueError, match="is not UTF-8"):
+        prepare(bad, out, overwrite=True)
+    assert (out / "train.bin").read_bytes() == before and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "notes.txt", "tokenizer.json", "train.bin", "val.bin"]
+
+
+def test_a_text_tokenizer_lacking_a_character_names_the_file(corpus_file, tmp_path):
+    CharTokenizer().build_vocab("abc").save(tmp_path / "tok.json")
+    with pytest.raises(ValueError, match="corpus.txt: character .* is not in the vocabulary"):
+        prepare(corpus_file, tmp_path / "out", tokenizer=tmp_path / "tok.json")
+
+
+def test_load_prepared_errors(corpus_file, tmp_path):
+    with pytest.raises(ValueError, match="prepared data folder .* does not exist"):
+        load_prepared(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no meta.json: it is not a prepared data folder"):
+        load_prepared(tmp_path / "empty")
+    prepare(corpus_file, tmp_path / "prep")
+    meta = json.loads((tmp_path / "prep" / "meta.json").read_text())
+    (tmp_path / "prep" / "meta.json").write_text(json.dumps({**meta, "vocab_size": 3}))
+    with pytest.raises(ValueError, match="come from different runs of prepare"):
+        load_prepared(tmp_path / "prep")
+
+
+# ---------------------------------------------------------------- training from prepared data
+
+
+def test_train_with_config_reads_a_prepared_folder(corpus_file, tmp_path):
+    prepare(corpus_file, tmp_path / "prep")
+    data = load_prepared(tmp_path / "prep")
+    tok = data["tokenizer"]
+    model = GPT(vocab_size=tok.vocab_size, embedding_dim=32, num_layers=1, num_heads=2, max_seq_len=32, seed=0)
+    results = train_with_config(model, data["train"], {"num_steps": 30, "batch_size": 8, "learning_rate": 3e-3,
+                                                       "eval_interval": 0, "log_interval": 0},
+                                val_tokens=data["val"], tokenizer=tok)
+    assert results["final_val_loss"] < results["history"][0]["loss"]
+    wrong = CharTokenizer().build_vocab("abc")
+    with pytest.raises(ValueError, match="the tokenizer has 3 tokens but the model has vocab_size="):
+        train_with_config(model, data["train"], {"num_steps": 1}, tokenizer=wrong)
+
+
+def test_text_shorter_than_one_window_names_the_file(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("a short text\n", encoding="utf-8")
+    prepare(path, tmp_path / "prep", val_fraction=0.0)
+    data = load_prepared(tmp_path / "prep")
+    assert data["val"] is None
+    model = GPT(vocab_size=data["tokenizer"].vocab_size, embedding_dim=8, num_layers=1, max_seq_len=64, seed=0)
+    with pytest.raises(ValueError, match=r"the training data \(.*train.bin\) has 13 tokens, fewer than one window "
+                                         r"of max_seq_len \+ 1 = 65"):
+        train_with_config(model, data["train"], {"num_steps": 1, "val_fraction": 0})
+
+
+def test_ids_beyond_the_model_vocabulary_in_a_token_file(tmp_path):
+    path = write_token_file(tmp_path / "t.bin", np.arange(200) % 50, token_format(50))
+    model = GPT(vocab_size=40, embedding_dim=8, num_layers=1, max_seq_len=8, seed=0)
+    with pytest.raises(ValueError, match=r"t.bin holds token id 49 outside the model's vocabulary \[0, 40\)"):
+        train_with_config(model, TokenDataset.from_file(path), {"num_steps": 1})
