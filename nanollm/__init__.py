@@ -7,10 +7,10 @@ from nanollm.checkpoint import load_checkpoint, save_checkpoint
 from nanollm.generate import generate_text
 from nanollm.model import GPT, TransformerLanguageModel
 from nanollm.seeding import set_seed
-from nanollm.tokenizers import CharTokenizer
+from nanollm.tokenizers import BPETokenizer, CharTokenizer
 from nanollm.train import train_with_config
 
 __version__ = "0.1.0"
 
-__all__ = ["CharTokenizer", "GPT", "TransformerLanguageModel", "generate_text", "load_checkpoint", "save_checkpoint",
-           "set_seed", "train_with_config", "__version__"]
+__all__ = ["BPETokenizer", "CharTokenizer", "GPT", "TransformerLanguageModel", "generate_text", "load_checkpoint",
+           "save_checkpoint", "set_seed", "train_with_config", "__version__"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from nanollm.instruct import CHAT_SPECIAL_TOKENS, END_OF_TEXT, encode_conversation, read_instructions, render_text
 from nanollm.ops.cross_entropy import IGNORE_INDEX
-from nanollm.textfiles import CHUNK_BYTES, iter_text_chunks
+from nanollm.textfiles import CHUNK_BYTES, iter_text_chunks, write_json_atomically
 from nanollm.tokenfile import FORMATS, MASK_FORMAT, TokenFileWriter, read_token_file, token_format
 from nanollm.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 
@@ -197,12 +197,6 @@ BPE_TRAIN_BYTES = 10_000_000  # a BPE vocabulary is learned from at most this mu
 PREPARED_FORMAT_VERSION = 1
 
 
-def _write_json_atomically(path, data):
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def _out_folder(out_dir, overwrite):
     """Create out_dir; refuse to replace prepared files already there unless overwrite."""
     folder = Path(out_dir)
@@ -342,7 +336,7 @@ def prepare(input_path, out_dir, tokenizer="char", vocab_size=4096, min_frequenc
                 path, staging, tokenizer, vocab_size, min_frequency, val_fraction, instruction_format)
         tok.save(staging / "tokenizer.json")
         meta = _meta(path, tok, instruction_format, num_train, num_val, val_fraction)
-        _write_json_atomically(staging / "meta.json", meta)
+        write_json_atomically(staging / "meta.json", meta, indent=2)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -1,4 +1,5 @@
-"""Reading the user's text files, with errors that say what is wrong and where.
+"""Reading the user's text files, with errors that say what is wrong and where; writing our
+JSON files atomically.
 
 Every text nanollm learns from comes through here: a missing, empty, binary or non-UTF-8 file
 is a one-line ValueError naming the file, the byte offset, line and column, and the fix, not a
@@ -7,7 +8,9 @@ in pieces cut at line ends, so a corpus larger than RAM is never held whole.
 """
 
 import codecs
+import json
 import os
+import tempfile
 
 CHUNK_BYTES = 16 * 1024 * 1024
 UTF8_BOM = codecs.BOM_UTF8
@@ -79,3 +82,27 @@ def iter_text_chunks(path, chunk_bytes=CHUNK_BYTES):
             yield _decode(piece, path, offset, line)
             offset += len(piece)
             line += piece.count(b"\n")
+
+
+def write_json_atomically(path, data, indent=None):
+    """Write ``data`` as UTF-8 JSON to a temporary file beside ``path``, then rename it over
+    ``path``: a crash leaves the old file or the new one, never half of one."""
+    text = json.dumps(data, ensure_ascii=False, indent=indent)
+    try:
+        payload = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (a char vocabulary built on such text): escape them
+        payload = json.dumps(data, indent=indent).encode("ascii")
+    path = os.fspath(path)
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                         prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
