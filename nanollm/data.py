@@ -206,7 +206,7 @@ def _out_folder(out_dir, overwrite):
     existing = [name for name in PREPARED_FILES if (folder / name).exists()]
     if existing and not overwrite:
         raise ValueError(f"{str(folder)!r} already holds prepared data ({', '.join(existing)}); choose another "
-                         "out_dir or pass overwrite=True to replace it")
+                         "out_dir or pass overwrite=True (--overwrite) to replace it")
     return folder
 
 
@@ -244,6 +244,11 @@ def _encode(tokenizer, text, source, allow_special):
         raise ValueError(f"{source}: {exc}") from None
 
 
+def _mentions(path, token):
+    """Whether the text file holds ``token`` (which has no line end, so no piece splits it)."""
+    return any(token in piece for piece in iter_text_chunks(path))
+
+
 def _prepare_text(path, folder, tokenizer, vocab_size, min_frequency, val_fraction, chunk_bytes):
     """Stream a text file into train.bin / val.bin: the last val_fraction of its bytes (cut
     at a character) is validation. Returns (tokenizer, train count, val count)."""
@@ -265,7 +270,10 @@ def _prepare_text(path, folder, tokenizer, vocab_size, min_frequency, val_fracti
                 break
         return "".join(taken).encode("utf-8")[:limit].decode("utf-8", errors="ignore")
 
-    tok = _make_tokenizer(tokenizer, vocab_text, vocab_size, min_frequency, (END_OF_TEXT,))
+    # BPE always has <|endoftext|> (as GPT-2); a char vocabulary only when the text uses it, so
+    # Tiny Shakespeare keeps nanoGPT's 65 characters
+    special = (END_OF_TEXT,) if tokenizer != "char" or _mentions(path, END_OF_TEXT) else ()
+    tok = _make_tokenizer(tokenizer, vocab_text, vocab_size, min_frequency, special)
     file_format = token_format(tok.vocab_size)
     with TokenFileWriter(folder / "train.bin", file_format) as train, \
             TokenFileWriter(folder / "val.bin", file_format) as val:

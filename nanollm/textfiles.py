@@ -10,7 +10,6 @@ in pieces cut at line ends, so a corpus larger than RAM is never held whole.
 import codecs
 import json
 import os
-import tempfile
 
 CHUNK_BYTES = 16 * 1024 * 1024
 UTF8_BOM = codecs.BOM_UTF8
@@ -93,10 +92,9 @@ def write_json_atomically(path, data, indent=None):
     except UnicodeEncodeError:  # lone surrogates (a char vocabulary built on such text): escape them
         payload = json.dumps(data, indent=indent).encode("ascii")
     path = os.fspath(path)
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                                         prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    temporary = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(handle, "wb") as f:
+        with open(temporary, "wb") as f:  # open(), not mkstemp: the file gets the umask's usual permissions
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())

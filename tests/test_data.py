@@ -1,6 +1,9 @@
 """Token files, datasets and batches, prepare/load_prepared, and every bad input they meet."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +256,30 @@ def test_ids_beyond_the_model_vocabulary_in_a_token_file(tmp_path):
     model = GPT(vocab_size=40, embedding_dim=8, num_layers=1, max_seq_len=8, seed=0)
     with pytest.raises(ValueError, match=r"t.bin holds token id 49 outside the model's vocabulary \[0, 40\)"):
         train_with_config(model, TokenDataset.from_file(path), {"num_steps": 1})
+
+
+SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def test_char_vocabulary_has_the_end_token_only_when_the_text_uses_it(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("to be or not to be\n" * 20, encoding="utf-8")
+    prepare(plain, tmp_path / "plain")
+    tok = load_prepared(tmp_path / "plain")["tokenizer"]
+    assert tok.special_tokens == {} and tok.vocab_size == len(set("to be or not\n"))
+
+
+def test_prepare_shakespeare_script_gives_nanogpts_vocabulary(tmp_path):
+    """data/prepare_shakespeare.py: nanoGPT's shakespeare_char (65 characters, 90/10 split)."""
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"Tiny Shakespeare is not at {SHAKESPEARE} (it is not shipped with nanollm)")
+    script = Path(__file__).resolve().parents[1] / "data" / "prepare_shakespeare.py"
+    done = subprocess.run([sys.executable, str(script), "--text", str(SHAKESPEARE), "--out", str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    assert meta["vocab_size"] == 65 and meta["train_tokens"] + meta["val_tokens"] == 1_115_394
+    again = subprocess.run([sys.executable, str(script), "--text", str(SHAKESPEARE), "--out", str(tmp_path / "c")],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "already holds prepared data" in again.stderr
+    assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1

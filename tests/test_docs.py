@@ -22,6 +22,7 @@ COVERED_ELSEWHERE = {
     "python examples/shakespeare_char.py": "tests/test_examples.py",
     "python examples/shakespeare_char_pytorch.py": "tests/test_examples.py",
     "nanollm bench": "tests/test_bench.py",
+    "python data/prepare_shakespeare.py": "tests/test_data.py",
 }
 
 

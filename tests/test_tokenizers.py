@@ -283,3 +283,15 @@ def test_malformed_bpe_files_are_errors_naming_the_file(tmp_path, change, messag
     for loader in (BPETokenizer.load, load_tokenizer):
         with pytest.raises(ValueError, match=r"broken\.json.*" + message):
             loader(path)
+
+
+def test_tokenizer_bench_prints_its_figures(tmp_path, capsys):
+    from nanollm.corpus import synthetic_text
+    from nanollm.tokenizer_bench import main
+
+    text = tmp_path / "t.txt"
+    text.write_text(synthetic_text(30_000, seed=4), encoding="utf-8")
+    assert main(["--text", str(text), "--vocab-size", "400", "--bytes", "20000"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("train: vocab 400", "encode: ", "MB/s", "decode: ", "round trip decode(encode(text)) == text: ok"):
+        assert expected in out
