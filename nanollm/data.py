@@ -47,12 +47,16 @@ def as_token_array(tokens, vocab_size=None, name="tokens"):
         raise ValueError(f"{name} must be 1-D (one long stream of ids), got shape {tokens.shape}; "
                          f"flatten it with {name}.reshape(-1)")
     if tokens.size and vocab_size is not None:
-        low, high = _id_range(tokens)
-        if low < 0 or high >= vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"{name} holds token id {bad} outside the model's vocabulary [0, {vocab_size}); "
-                             f"build the model with the tokenizer's vocab_size")
+        _check_range(_id_range(tokens), vocab_size, name)
     return tokens
+
+
+def _check_range(id_range, vocab_size, name):
+    low, high = id_range
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} holds token id {bad} outside the model's vocabulary [0, {vocab_size}); "
+                         f"build the model with the tokenizer's vocab_size")
 
 
 def _id_range(tokens):
@@ -127,6 +131,7 @@ class TokenDataset:
     def __init__(self, tokens, loss_mask=None, name="tokens", path=None):
         self.name, self.path = name, path
         self.tokens = as_token_array(tokens, name=name)
+        self.id_range = None  # (min, max) of the ids, once check_vocab has scanned them
         if loss_mask is not None:
             loss_mask = np.asarray(loss_mask)
             if loss_mask.shape != self.tokens.shape:
@@ -148,8 +153,12 @@ class TokenDataset:
         return len(self.tokens)
 
     def check_vocab(self, vocab_size):
-        """Check that every id is in [0, vocab_size); returns self."""
-        self.tokens = as_token_array(self.tokens, vocab_size, name=self.name)
+        """Check that every id is in [0, vocab_size); returns self. The ids are scanned once
+        (a memmapped file piece by piece) and their range remembered."""
+        if self.id_range is None and len(self):
+            self.id_range = _id_range(self.tokens)
+        if self.id_range is not None:
+            _check_range(self.id_range, vocab_size, self.name)
         return self
 
     def split(self, val_fraction):
