@@ -32,6 +32,7 @@ from nanollm.config import resolve
 from nanollm.data import EpochOrder, TokenDataset, as_dataset, micro_batches, random_starts, require_windows
 from nanollm.generate import generate_text
 from nanollm.metrics import METRICS_FILE, MetricsLog, Progress, log_line
+from nanollm.ops.cross_entropy import IGNORE_INDEX
 from nanollm.optim import OPTIMIZERS, clip_grad_norm, decays, hyperparameters
 from nanollm.schedule import lr_at
 
@@ -57,9 +58,10 @@ def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0):
     with model.evaluating():
         for starts in batches:
             inputs, targets = data.windows(starts, seq_len)
-            total += float(model.forward(inputs, targets)[1]) * len(starts)
-            count += len(starts)
-    return total / count
+            counted = int((targets != IGNORE_INDEX).sum())  # masked targets (instruction prompts) do not count
+            total += float(model.forward(inputs, targets)[1]) * counted
+            count += counted
+    return total / count if count else math.nan
 
 
 def _configure_model(model, cfg):
@@ -160,14 +162,18 @@ class _TrainingRun:
     # ---------------------------------------------------------------- one optimizer step
 
     def forward_backward(self, starts):
-        """Loss and gradients averaged over the step's windows, micro-batch by micro-batch
-        (weights by window count, so a smaller last micro-batch counts for less)."""
+        """Loss and gradients averaged over every counted target of the step, micro-batch by
+        micro-batch: each micro-batch's mean is weighted by its share of the counted targets (a
+        smaller last micro-batch, or one with more masked prompt tokens, counts for less), so
+        accumulation equals one big batch."""
+        batches = [self.train.windows(batch, self.seq_len) for batch in micro_batches(starts, self.cfg["batch_size"])]
+        counted = [int((targets != IGNORE_INDEX).sum()) for _, targets in batches]
+        total = sum(counted)
         loss, grads = 0.0, None
-        for batch in micro_batches(starts, self.cfg["batch_size"]):
-            inputs, targets = self.train.windows(batch, self.seq_len)  # (b, T) each
+        for (inputs, targets), count in zip(batches, counted):  # (b, T) each
             _, batch_loss = self.model.forward(inputs, targets)
             batch_grads = self.model.backward()
-            weight = len(batch) / len(starts)
+            weight = count / total if total else len(inputs) / len(starts)
             loss += weight * float(batch_loss)
             if grads is None:
                 grads = batch_grads if weight == 1.0 else {k: g * weight for k, g in batch_grads.items()}

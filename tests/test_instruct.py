@@ -142,3 +142,23 @@ def test_masked_training_only_learns_the_answers(tmp_path):
                                                        "eval_interval": 0, "log_interval": 0},
                                 val_tokens=data["val"], tokenizer=tok)
     assert results["final_val_loss"] < results["history"][0]["loss"]
+
+
+def test_accumulating_masked_micro_batches_equals_one_big_batch():
+    """Micro-batches with different numbers of answer tokens are weighted by those numbers."""
+    conversations = [[("user", "Say " + "x" * (i % 7)), ("assistant", "y" * (1 + i % 5))] for i in range(40)]
+    tok = CharTokenizer(sorted(set("".join(render_text(c) for c in conversations))), special_tokens=CHAT_SPECIAL_TOKENS)
+    pieces = [encode_conversation(tok, c) for c in conversations]
+    from nanollm.data import TokenDataset
+
+    data = TokenDataset(np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]))
+    finals = []
+    for batch_size, accumulate in ((6, 1), (2, 3)):
+        model = GPT(vocab_size=tok.vocab_size, embedding_dim=16, num_layers=1, num_heads=2, max_seq_len=12,
+                    dtype="float64", seed=0)
+        train_with_config(model, data, {"num_steps": 3, "batch_size": batch_size, "grad_accum_steps": accumulate,
+                                        "val_fraction": 0, "log_interval": 0, "learning_rate": 1e-2,
+                                        "max_grad_norm": 0})
+        finals.append(model.params)
+    for name in finals[0]:
+        np.testing.assert_allclose(finals[1][name], finals[0][name], rtol=1e-10, atol=1e-13, err_msg=name)
