@@ -239,7 +239,7 @@ def _make_tokenizer(tokenizer, text_for_vocab, vocab_size, min_frequency, specia
         return CharTokenizer(sorted(set(text_for_vocab())), special_tokens=special_tokens)
     if tokenizer == "bpe":
         return BPETokenizer(vocab_size=vocab_size, min_frequency=min_frequency,
-                            special_tokens=special_tokens).build_vocab(text_for_vocab())
+                            special_tokens=special_tokens).build_vocab(text=text_for_vocab())
     if not Path(tokenizer).is_file():
         raise ValueError(f"tokenizer={str(tokenizer)!r} is neither 'char', 'bpe' nor a saved tokenizer.json file")
     return load_tokenizer(tokenizer)
@@ -277,7 +277,10 @@ def _prepare_text(path, folder, tokenizer, vocab_size, min_frequency, val_fracti
             total += len(piece.encode("utf-8"))
             if total >= limit:
                 break
-        return "".join(taken).encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+        text = "".join(taken).encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+        if not text:
+            raise _no_training_text(path, val_fraction)
+        return text
 
     # BPE always has <|endoftext|> (as GPT-2); a char vocabulary only when the text uses it, so
     # Tiny Shakespeare keeps nanoGPT's 65 characters
@@ -295,7 +298,14 @@ def _prepare_text(path, folder, tokenizer, vocab_size, min_frequency, val_fracti
             if cut < len(piece):
                 val.write(np.asarray(_encode(tok, piece[cut:], path, True), dtype=np.int64))
             offset += len(raw)
+        if train.count == 0:
+            raise _no_training_text(path, val_fraction)
     return tok, train.count, val.count
+
+
+def _no_training_text(path, val_fraction):
+    return ValueError(f"{str(path)!r} leaves no training text: validation takes its last {val_fraction:.0%}; give "
+                      "more text or lower val_fraction")
 
 
 def _prepare_instructions(path, folder, tokenizer, vocab_size, min_frequency, val_fraction, format):

@@ -47,8 +47,15 @@ TEXT_FILE_SUFFIXES = (".txt", ".text", ".md", ".rst", ".json", ".jsonl", ".csv",
                       ".htm", ".log", ".py")
 
 
-def _read_source(source):
-    """The text of ``source``: a path (os.PathLike, or a one-line str naming an existing file) or the text itself."""
+def _read_source(source, text=None):
+    """The text of ``source``: a path (os.PathLike, or a one-line str naming an existing file) or the
+    text itself; or ``text``, taken as it is."""
+    if text is not None:
+        if source is not None:
+            raise ValueError("build_vocab takes a path or text=..., not both")
+        if not isinstance(text, str) or not text:
+            raise ValueError("build_vocab needs a non-empty text")
+        return text
     if isinstance(source, os.PathLike):
         return read_text_file(source)
     if isinstance(source, str) and source and "\n" not in source:
@@ -139,9 +146,10 @@ class CharTokenizer:
         """Characters plus special tokens."""
         return len(self.chars) + len(self._special_list)
 
-    def build_vocab(self, source):
-        """Take the vocabulary from a text file's path or from the text itself; returns self."""
-        self._set_chars(_read_source(source))
+    def build_vocab(self, source=None, *, text=None):
+        """Take the vocabulary from a text file's path or from the text itself (``text=`` is
+        always text, never taken for a path); returns self."""
+        self._set_chars(_read_source(source, text))
         return self
 
     def _encode_chars(self, text, offset):
@@ -380,9 +388,10 @@ class BPETokenizer:
 
     # ---- training -----------------------------------------------------------------------------
 
-    def build_vocab(self, source):
-        """Learn the merges from a text file's path or from the text itself; returns self."""
-        text = _read_source(source)
+    def build_vocab(self, source=None, *, text=None):
+        """Learn the merges from a text file's path or from the text itself (``text=`` is
+        always text, never taken for a path); returns self."""
+        text = _read_source(source, text)
         pieces = self._splitter.split(text)[::2] if self._splitter else [text]
         chunk_counts = Counter()
         for piece in pieces:

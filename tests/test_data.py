@@ -283,3 +283,25 @@ def test_prepare_shakespeare_script_gives_nanogpts_vocabulary(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "already holds prepared data" in again.stderr
     assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0\ufeff"), min_size=1,
+                    max_size=400),
+       kind=st.sampled_from(["char", "bpe"]), val_fraction=st.sampled_from([0.0, 0.1, 0.5]), chunk=st.integers(1, 64))
+def test_prepared_files_decode_to_the_text_for_any_unicode(tmp_path_factory, text, kind, val_fraction, chunk):
+    folder = tmp_path_factory.mktemp("prep")
+    path = folder / "in.txt"
+    path.write_bytes(text.encode("utf-8"))
+    text = read_text_file(path)  # a leading byte-order mark is not text
+    if not text:
+        return
+    raw = text.encode("utf-8")
+    if not raw[:len(raw) - int(len(raw) * val_fraction)].decode("utf-8", errors="ignore"):
+        with pytest.raises(ValueError, match="leaves no training text: validation takes its last"):
+            prepare(path, folder / "out", tokenizer=kind, vocab_size=300, val_fraction=val_fraction)
+        return
+    prepare(path, folder / "out", tokenizer=kind, vocab_size=300, val_fraction=val_fraction, chunk_bytes=chunk)
+    data = load_prepared(folder / "out")
+    val = data["val"].tokens if data["val"] is not None else np.zeros(0, dtype=np.int64)
+    assert data["tokenizer"].decode(np.concatenate([data["train"].tokens, val])) == text

@@ -295,3 +295,16 @@ def test_tokenizer_bench_prints_its_figures(tmp_path, capsys):
     out = capsys.readouterr().out
     for expected in ("train: vocab 400", "encode: ", "MB/s", "decode: ", "round trip decode(encode(text)) == text: ok"):
         assert expected in out
+
+
+@pytest.mark.parametrize("cls", [CharTokenizer, BPETokenizer])
+def test_text_keyword_is_never_taken_for_a_path(cls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "abc").write_text("zzz", encoding="utf-8")
+    assert cls().build_vocab(text="abc").decode(cls().build_vocab(text="abc").encode("abc")) == "abc"
+    assert "a" in CharTokenizer().build_vocab(text="abc").chars and "z" in CharTokenizer().build_vocab("abc").chars
+    assert cls().build_vocab(text="data/x.txt").encode("data/x.txt")
+    with pytest.raises(ValueError, match="takes a path or text=..., not both"):
+        cls().build_vocab("abc", text="abc")
+    with pytest.raises(ValueError, match="needs a non-empty text"):
+        cls().build_vocab(text="")
