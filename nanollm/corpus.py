@@ -19,7 +19,7 @@ instruction pairs as Alpaca or ShareGPT records for the instruction-tuning examp
 
 import random
 
-from nanollm.instruct import render_text
+from nanollm.instruct import alpaca_conversation, render_text
 
 NAMES = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "Jun", "Kim", "Lea"]
 ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "hen", "pig"]
@@ -107,7 +107,7 @@ def instruction_pair(rng):
 
 
 def _conversation(instruction, extra, output):
-    return [("user", instruction + ("\n\n" + extra if extra else "")), ("assistant", output)]
+    return alpaca_conversation({"instruction": instruction, "input": extra, "output": output})
 
 
 def _instruction(rng):

@@ -78,11 +78,15 @@ def require_windows(tokens, seq_len, name, fix):
                          f"{seq_len + 1}; {fix}")
 
 
-def windows_at(tokens, starts, seq_len):
-    """Inputs (B, T) and targets (B, T) as int64 from the windows starting at ``starts`` (B,)."""
+def windows_at(tokens, starts, seq_len, loss_mask=None):
+    """Inputs (B, T) and targets (B, T) as int64 from the windows starting at ``starts`` (B,);
+    with a loss mask, the targets it marks 0 are IGNORE_INDEX."""
     offsets = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(seq_len + 1)  # (B, T + 1)
     windows = np.asarray(tokens[offsets], dtype=np.int64)
-    return windows[:, :-1], windows[:, 1:]
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    if loss_mask is not None:
+        targets = np.where(loss_mask[offsets[:, 1:]] != 0, targets, IGNORE_INDEX)
+    return inputs, targets
 
 
 def random_starts(rng, num_tokens, seq_len, count):
@@ -172,11 +176,7 @@ class TokenDataset:
     def windows(self, starts, seq_len):
         """Inputs (B, T) and targets (B, T) int64 of the windows starting at ``starts`` (B,);
         masked targets are IGNORE_INDEX."""
-        inputs, targets = windows_at(self.tokens, starts, seq_len)
-        if self.loss_mask is not None:
-            offsets = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(1, seq_len + 1)  # (B, T)
-            targets = np.where(self.loss_mask[offsets] != 0, targets, IGNORE_INDEX)
-        return inputs, targets
+        return windows_at(self.tokens, starts, seq_len, self.loss_mask)
 
     def random_batch(self, rng, batch_size, seq_len):
         """One batch of ``batch_size`` random windows: inputs (B, T), targets (B, T)."""
@@ -253,9 +253,30 @@ def _encode(tokenizer, text, source, allow_special):
         raise ValueError(f"{source}: {exc}") from None
 
 
-def _mentions(path, token):
-    """Whether the text file holds ``token`` (which has no line end, so no piece splits it)."""
-    return any(token in piece for piece in iter_text_chunks(path))
+def _char_tokenizer_of_file(path):
+    """Every character of the file, read piece by piece; <|endoftext|> is a special token only
+    when the text uses it (it has no line end, so no piece splits it), so Tiny Shakespeare keeps
+    nanoGPT's 65 characters."""
+    chars, uses_end_token = set(), False
+    for piece in iter_text_chunks(path):
+        chars.update(piece)
+        uses_end_token = uses_end_token or END_OF_TEXT in piece
+    return CharTokenizer(sorted(chars), special_tokens=(END_OF_TEXT,) if uses_end_token else ())
+
+
+def _bpe_training_text(path, val_start, val_fraction):
+    """The start of the training text (before byte val_start), at most BPE_TRAIN_BYTES of it."""
+    limit = min(val_start, BPE_TRAIN_BYTES)
+    taken, total = [], 0
+    for piece in iter_text_chunks(path):
+        taken.append(piece)
+        total += len(piece.encode("utf-8"))
+        if total >= limit:
+            break
+    text = "".join(taken).encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+    if not text:
+        raise _no_training_text(path, val_fraction)
+    return text
 
 
 def _prepare_text(path, folder, tokenizer, vocab_size, min_frequency, val_fraction, chunk_bytes):
@@ -263,29 +284,11 @@ def _prepare_text(path, folder, tokenizer, vocab_size, min_frequency, val_fracti
     at a character) is validation. Returns (tokenizer, train count, val count)."""
     size = path.stat().st_size
     val_start = size - int(size * val_fraction)  # a byte offset
-
-    def vocab_text():
-        if tokenizer == "char":  # every character of the file, read piece by piece
-            chars = set()
-            for piece in iter_text_chunks(path):
-                chars.update(piece)
-            return "".join(chars)
-        limit = min(val_start, BPE_TRAIN_BYTES)  # BPE learns from the start of the training text
-        taken, total = [], 0
-        for piece in iter_text_chunks(path):
-            taken.append(piece)
-            total += len(piece.encode("utf-8"))
-            if total >= limit:
-                break
-        text = "".join(taken).encode("utf-8")[:limit].decode("utf-8", errors="ignore")
-        if not text:
-            raise _no_training_text(path, val_fraction)
-        return text
-
-    # BPE always has <|endoftext|> (as GPT-2); a char vocabulary only when the text uses it, so
-    # Tiny Shakespeare keeps nanoGPT's 65 characters
-    special = (END_OF_TEXT,) if tokenizer != "char" or _mentions(path, END_OF_TEXT) else ()
-    tok = _make_tokenizer(tokenizer, vocab_text, vocab_size, min_frequency, special)
+    if tokenizer == "char":
+        tok = _char_tokenizer_of_file(path)
+    else:
+        tok = _make_tokenizer(tokenizer, lambda: _bpe_training_text(path, val_start, val_fraction), vocab_size,
+                              min_frequency, (END_OF_TEXT,))  # BPE always has <|endoftext|>, as GPT-2
     file_format = token_format(tok.vocab_size)
     with TokenFileWriter(folder / "train.bin", file_format) as train, \
             TokenFileWriter(folder / "val.bin", file_format) as val:

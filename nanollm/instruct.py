@@ -36,7 +36,7 @@ FORMATS = ("alpaca", "sharegpt")
 MAX_REPORTED = 10
 
 
-def _alpaca(record):
+def alpaca_conversation(record):
     """An Alpaca record -> conversation, or a ValueError saying what is wrong with it."""
     for key in ("instruction", "output"):
         if not isinstance(record.get(key), str):
@@ -68,7 +68,7 @@ def _sharegpt(record):
     return conversation
 
 
-PARSERS = {"alpaca": _alpaca, "sharegpt": _sharegpt}
+PARSERS = {"alpaca": alpaca_conversation, "sharegpt": _sharegpt}
 
 
 def _detect(record):
@@ -87,8 +87,6 @@ def read_instructions(path, format="auto"):
     if format not in ("auto", *FORMATS):
         raise ValueError(f"instruction format {format!r} is unknown; use auto, {', '.join(FORMATS)}")
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"instruction file {path!r} does not exist; check the path")
     lines = read_text_file(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
