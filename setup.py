@@ -42,9 +42,10 @@ setup(
     ext_modules=cython_extensions(),
     install_requires=["numpy>=1.26", "numba>=0.59", "cython>=3.0", "matplotlib>=3.7", "tqdm>=4.60"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "safetensors>=0.4"],
+        "hf": ["safetensors>=0.4"],  # nanollm export / import (Hugging Face GPT-2)
         "gpu": ["cupy-cuda12x"],
     },
-    entry_points={"console_scripts": ["nanollm=nanollm.__main__:main"]},
+    entry_points={"console_scripts": ["nanollm=nanollm.cli:main"]},
     license="MIT",
 )

@@ -244,9 +244,8 @@ def print_table(header, rows):
         print("  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths))))
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="nanollm bench", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_arguments(parser):
+    """The options of `nanollm bench` (the CLI builds its subcommand parser with this)."""
     parser.add_argument("--backends", default=None,
                         help="comma-separated backends to time (default: every one that loads, and auto)")
     parser.add_argument("--configs", default="nanogpt-cpu,bigger",
@@ -259,7 +258,11 @@ def parse_args(argv):
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # run_step_subprocess's mode
     parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_arguments(args, parser):
+    """Expand --quick and the comma lists; parser.error() on unknown configs or backends."""
     if args.quick:
         args.configs, args.repeat, args.steps = "tiny", 3, args.steps or 3
     args.configs = args.configs.split(",")
@@ -280,13 +283,20 @@ def parse_args(argv):
     return args
 
 
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="nanollm bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return check_arguments(add_arguments(parser).parse_args(argv), parser)
+
+
 def steps_for(args, config_name):
     return args.steps or (5 if config_name == "bigger" else 20)
 
 
-def main(argv=None):
+def main(argv=None, args=None):
+    """Run the benchmark; args, when given, are already parsed (by the nanollm command)."""
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+    args = parse_args(argv) if args is None else args
     if args.step_only:
         figures = train_step_timing(args.backends[0], CONFIGS[args.step_only], steps_for(args, args.step_only),
                                     warmup=args.warmup)

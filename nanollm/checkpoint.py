@@ -89,25 +89,66 @@ def save_checkpoint(path, model, optimizer_state=None, step=0, loss=None, config
     return _write_atomically(path, arrays)
 
 
-def read_checkpoint(path):
-    """(metadata dict, {name: array}) of a checkpoint file, or a ValueError saying what is wrong."""
+def _open(path):
+    """np.load of a checkpoint file (lazy: entries are read when indexed), or a clear error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+        return np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise ValueError(f"{path} is not a readable checkpoint (.npz): {exc}") from None
-    if METADATA_KEY not in arrays:
+
+
+def _metadata(path, archive):
+    if METADATA_KEY not in archive.files:
         raise ValueError(f"{path} is an .npz without nanollm metadata; it was not written by save_checkpoint")
-    metadata = json.loads(str(arrays.pop(METADATA_KEY)))
+    metadata = json.loads(str(archive[METADATA_KEY]))
     if metadata.get("kind") != KIND:
         raise ValueError(f"{path} is not a nanollm checkpoint (kind {metadata.get('kind')!r})")
     if metadata["format_version"] > FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format {metadata['format_version']}, newer than this nanollm "
                          f"reads ({FORMAT_VERSION}); upgrade nanollm")
+    return metadata
+
+
+def read_checkpoint_metadata(path):
+    """The metadata dict of a checkpoint (config, model_config, tokenizer, step, ...), without
+    reading its arrays."""
+    with _open(path) as archive:
+        return _metadata(path, archive)
+
+
+def read_checkpoint(path):
+    """(metadata dict, {name: array}) of a checkpoint file, or a ValueError saying what is wrong."""
+    try:
+        with _open(path) as archive:
+            metadata = _metadata(path, archive)
+            arrays = {key: archive[key] for key in archive.files if key != METADATA_KEY}
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable checkpoint (.npz): {exc}") from None
     return metadata, arrays
+
+
+def find_checkpoint(path):
+    """A checkpoint file: ``path`` itself, or in a run folder its checkpoint_final.npz, else its
+    newest checkpoint_step_N.npz (what a resumed or sampled run should continue from)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; give a checkpoint_*.npz file or "
+                                "the run folder that holds it")
+    if (path / "checkpoint_final.npz").is_file():
+        return path / "checkpoint_final.npz"
+    steps = sorted((p for p in path.glob("checkpoint_step_*.npz") if p.stem.rsplit("_", 1)[1].isdigit()),
+                   key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if steps:
+        return steps[-1]
+    if (path / "checkpoint_best.npz").is_file():
+        return path / "checkpoint_best.npz"
+    raise FileNotFoundError(f"{str(path)!r} holds no checkpoint_*.npz; give a checkpoint file or a run folder "
+                            "written by nanollm train")
 
 
 def _check_parameters(path, model, saved, saved_model_config):

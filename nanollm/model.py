@@ -9,6 +9,7 @@ Every step calls an op from ``nanollm.ops``; ``backward`` calls the same ops' ba
 functions in exactly the reverse order, so the two read as mirror images.
 """
 
+import inspect
 import math
 from contextlib import contextmanager
 
@@ -57,6 +58,90 @@ def check_head_counts(embedding_dim, num_heads, num_kv_heads):
                          f"choose num_kv_heads among the divisors of {num_heads}")
 
 
+# ----------------------------------------------------------------------------- the config alone
+# Sizes and FLOPs come from the model-config dict (``model.config``), so tools such as
+# ``nanollm.estimate`` can describe a GPT-2-sized model without allocating its weights.
+
+MODEL_CONFIG_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads",
+                     "num_kv_heads", "max_seq_len", "dropout", "architecture", "dtype")
+
+
+def complete_model_config(config):
+    """A model-config dict (``model.config``) completed and validated exactly as
+    ``TransformerLanguageModel(**config)`` does: a missing key takes the constructor's default,
+    ffn_hidden_dim None means 4 * embedding_dim and num_kv_heads None means num_heads (any other
+    None is an error, as in the constructor: drop a resolved training config's None keys first).
+    vocab_size is required. Returns a new plain dict with every key of MODEL_CONFIG_KEYS."""
+    unknown = [key for key in config if key not in MODEL_CONFIG_KEYS]
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}; a model config has only {MODEL_CONFIG_KEYS}")
+    if "vocab_size" not in config:
+        raise ValueError("a model config needs vocab_size (the tokenizer's vocabulary size)")
+    defaults = {name: parameter.default
+                for name, parameter in inspect.signature(TransformerLanguageModel.__init__).parameters.items()
+                if name in MODEL_CONFIG_KEYS}
+    cfg = {key: config.get(key, defaults.get(key)) for key in MODEL_CONFIG_KEYS}
+    if cfg["ffn_hidden_dim"] is None and isinstance(cfg["embedding_dim"], (int, np.integer)):
+        cfg["ffn_hidden_dim"] = 4 * cfg["embedding_dim"]
+    if cfg["num_kv_heads"] is None:
+        cfg["num_kv_heads"] = cfg["num_heads"]
+    for name in ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
+                 "max_seq_len"):
+        _require_int(name, cfg[name])
+    check_head_counts(cfg["embedding_dim"], cfg["num_heads"], cfg["num_kv_heads"])
+    dropout, architecture, dtype = cfg["dropout"], cfg["architecture"], cfg["dtype"]
+    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture={architecture!r} is not supported; choose one of {ARCHITECTURES}")
+    if str(dtype) not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {DTYPES}")
+    return dict(vocab_size=int(cfg["vocab_size"]), embedding_dim=int(cfg["embedding_dim"]),
+                num_layers=int(cfg["num_layers"]), ffn_hidden_dim=int(cfg["ffn_hidden_dim"]),
+                num_heads=int(cfg["num_heads"]), num_kv_heads=int(cfg["num_kv_heads"]),
+                max_seq_len=int(cfg["max_seq_len"]), dropout=float(dropout),
+                architecture=architecture, dtype=str(dtype))
+
+
+def parameter_shapes(config):
+    """The parameter table of a model config: name -> shape, in forward order.
+
+    config: a model-config dict (``model.config``; completed by ``complete_model_config``).
+    The output layer is tied to wte, so it has no entry of its own."""
+    cfg = complete_model_config(config)
+    c, f, v = cfg["embedding_dim"], cfg["ffn_hidden_dim"], cfg["vocab_size"]
+    qkv = (cfg["num_heads"] + 2 * cfg["num_kv_heads"]) * (c // cfg["num_heads"])
+    shapes = {"wte": (v, c), "wpe": (cfg["max_seq_len"], c)}
+    block = {"ln1.weight": (c,), "ln1.bias": (c,),
+             "attn.qkv.weight": (c, qkv), "attn.qkv.bias": (qkv,),
+             "attn.proj.weight": (c, c), "attn.proj.bias": (c,),
+             "ln2.weight": (c,), "ln2.bias": (c,),
+             "mlp.fc.weight": (c, f), "mlp.fc.bias": (f,),
+             "mlp.proj.weight": (f, c), "mlp.proj.bias": (c,)}
+    for layer in range(cfg["num_layers"]):
+        shapes.update({f"blocks.{layer}.{suffix}": block[suffix] for suffix in BLOCK_PARAMS})
+    shapes.update({"ln_f.weight": (c,), "ln_f.bias": (c,)})
+    return shapes
+
+
+def flops_per_token(config, seq_len=None, training=True):
+    """Matmul FLOPs per token of a model config as this code computes them (2 per multiply-add).
+
+    Per layer: qkv, attention projection and the two MLP matmuls, plus q k^T and probs v
+    over the full (masked) T x T square; then the output layer. A train step does the
+    forward once and the backward's two matmuls per forward matmul: 3x the forward.
+    seq_len defaults to max_seq_len.
+    """
+    cfg = complete_model_config(config)
+    t = cfg["max_seq_len"] if seq_len is None else seq_len
+    c, f, heads = cfg["embedding_dim"], cfg["ffn_hidden_dim"], cfg["num_heads"]
+    hd = c // heads
+    qkv = (heads + 2 * cfg["num_kv_heads"]) * hd
+    per_layer = 2 * (c * qkv + c * c + 2 * c * f) + 2 * 2 * heads * hd * t
+    forward = cfg["num_layers"] * per_layer + 2 * c * cfg["vocab_size"]
+    return 3 * forward if training else forward
+
+
 class TransformerLanguageModel:
     """A decoder-only transformer language model (GPT-2 architecture), NumPy arrays throughout.
 
@@ -67,25 +152,10 @@ class TransformerLanguageModel:
     def __init__(self, vocab_size, embedding_dim=128, num_layers=4, ffn_hidden_dim=None,
                  num_heads=4, num_kv_heads=None, max_seq_len=256, dropout=0.0,
                  architecture="gpt2", dtype="float32", seed=None):
-        ffn_hidden_dim = 4 * embedding_dim if ffn_hidden_dim is None else ffn_hidden_dim
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim),
-                            ("num_layers", num_layers), ("ffn_hidden_dim", ffn_hidden_dim),
-                            ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
-                            ("max_seq_len", max_seq_len)):
-            _require_int(name, value)
-        check_head_counts(embedding_dim, num_heads, num_kv_heads)
-        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture={architecture!r} is not supported; choose one of {ARCHITECTURES}")
-        if str(dtype) not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not supported; choose one of {DTYPES}")
-        self.config = dict(vocab_size=int(vocab_size), embedding_dim=int(embedding_dim),
-                           num_layers=int(num_layers), ffn_hidden_dim=int(ffn_hidden_dim),
-                           num_heads=int(num_heads), num_kv_heads=int(num_kv_heads),
-                           max_seq_len=int(max_seq_len), dropout=float(dropout),
-                           architecture=architecture, dtype=str(dtype))
+        self.config = complete_model_config(dict(
+            vocab_size=vocab_size, embedding_dim=embedding_dim, num_layers=num_layers,
+            ffn_hidden_dim=ffn_hidden_dim, num_heads=num_heads, num_kv_heads=num_kv_heads,
+            max_seq_len=max_seq_len, dropout=dropout, architecture=architecture, dtype=dtype))
         for key, value in self.config.items():
             setattr(self, key, value)
         self.head_dim = self.embedding_dim // self.num_heads
@@ -100,20 +170,8 @@ class TransformerLanguageModel:
     # ----------------------------------------------------------------------------- parameters
 
     def parameter_shapes(self):
-        """The parameter table: name -> shape, in forward order."""
-        c, f, v = self.embedding_dim, self.ffn_hidden_dim, self.vocab_size
-        qkv = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        shapes = {"wte": (v, c), "wpe": (self.max_seq_len, c)}
-        block = {"ln1.weight": (c,), "ln1.bias": (c,),
-                 "attn.qkv.weight": (c, qkv), "attn.qkv.bias": (qkv,),
-                 "attn.proj.weight": (c, c), "attn.proj.bias": (c,),
-                 "ln2.weight": (c,), "ln2.bias": (c,),
-                 "mlp.fc.weight": (c, f), "mlp.fc.bias": (f,),
-                 "mlp.proj.weight": (f, c), "mlp.proj.bias": (c,)}
-        for layer in range(self.num_layers):
-            shapes.update({f"blocks.{layer}.{suffix}": block[suffix] for suffix in BLOCK_PARAMS})
-        shapes.update({"ln_f.weight": (c,), "ln_f.bias": (c,)})
-        return shapes
+        """The parameter table: name -> shape, in forward order (``parameter_shapes(config)``)."""
+        return parameter_shapes(self.config)
 
     def _init_params(self, rng):
         """normal(0, 0.02) weights and embeddings, residual projections scaled by 1/sqrt(2 L),
@@ -149,14 +207,9 @@ class TransformerLanguageModel:
         Per layer: qkv, attention projection and the two MLP matmuls, plus q k^T and probs v
         over the full (masked) T x T square; then the output layer. A train step does the
         forward once and the backward's two matmuls per forward matmul: 3x the forward.
-        seq_len defaults to max_seq_len.
+        seq_len defaults to max_seq_len. (``flops_per_token(config, ...)`` computes it.)
         """
-        t = self.max_seq_len if seq_len is None else seq_len
-        c, f, hd = self.embedding_dim, self.ffn_hidden_dim, self.head_dim
-        qkv = (self.num_heads + 2 * self.num_kv_heads) * hd
-        per_layer = 2 * (c * qkv + c * c + 2 * c * f) + 2 * 2 * self.num_heads * hd * t
-        forward = self.num_layers * per_layer + 2 * c * self.vocab_size
-        return 3 * forward if training else forward
+        return flops_per_token(self.config, seq_len, training)
 
     def train(self):
         """Training mode: dropout is active."""
@@ -213,6 +266,7 @@ class TransformerLanguageModel:
         """idx (B, T) int -> logits (B, T, V), loss (mean cross-entropy, or None without targets).
 
         Targets equal to -100 are ignored by the loss. The caches for backward() are kept."""
+        self._cache = None  # the previous step's caches go before this step's are built (half the peak memory)
         self._check_tokens("idx", idx)
         if targets is not None:
             if tuple(targets.shape) != tuple(idx.shape):

@@ -112,22 +112,39 @@ def _check_tokenizer(model, tokenizer):
                          "the data was encoded with)")
 
 
-def _prepare_checkpoint_dir(cfg, resuming_here):
-    """Create checkpoint_dir; refuse to mix a fresh run into an earlier run's files unless
-    overwrite is set (then those files are removed first)."""
+def earlier_run_files(folder):
+    """The checkpoints and metrics.jsonl an earlier run left in ``folder`` (none if it does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("checkpoint_*.npz")) + sorted(folder.glob(METRICS_FILE))
+
+
+def check_checkpoint_dir(cfg, resuming_here):
+    """A ValueError when checkpoint_dir is a file, or holds an earlier run that this fresh run
+    would mix into without overwrite=true. Changes nothing on disk."""
     if cfg["checkpoint_dir"] is None:
-        return None
+        return
     folder = Path(cfg["checkpoint_dir"])
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"checkpoint_dir={str(folder)!r} is a file, not a folder; choose another checkpoint_dir")
+    earlier = earlier_run_files(folder)
+    if earlier and not resuming_here and not cfg["overwrite"]:
+        raise ValueError(f"checkpoint_dir={str(folder)!r} already holds a run ({earlier[0].name}); continue it "
+                         f"with resume_from={str(earlier[0])!r}, choose a new checkpoint_dir, or set "
+                         "overwrite=true to replace it")
+
+
+def _prepare_checkpoint_dir(cfg, resuming_here):
+    """Create checkpoint_dir; refuse to mix a fresh run into an earlier run's files unless
+    overwrite is set (then those files are removed first)."""
+    check_checkpoint_dir(cfg, resuming_here)
+    if cfg["checkpoint_dir"] is None:
+        return None
+    folder = Path(cfg["checkpoint_dir"])
     folder.mkdir(parents=True, exist_ok=True)
-    earlier = sorted(folder.glob("checkpoint_*.npz")) + sorted(folder.glob(METRICS_FILE))
-    if earlier and not resuming_here:
-        if not cfg["overwrite"]:
-            raise ValueError(f"checkpoint_dir={str(folder)!r} already holds a run ({earlier[0].name}); continue it "
-                             f"with resume_from={str(earlier[0])!r}, choose a new checkpoint_dir, or set "
-                             "overwrite=true to replace it")
-        for path in earlier:
+    if not resuming_here:
+        for path in earlier_run_files(folder):
             path.unlink()
     return folder
 
@@ -180,6 +197,7 @@ class _TrainingRun:
             else:
                 for name, g in batch_grads.items():
                     grads[name] += weight * g
+            del batch_grads  # freed before the next micro-batch's backward allocates its own
         return loss, grads
 
     def update(self, grads, lr):

@@ -23,6 +23,8 @@ COVERED_ELSEWHERE = {
     "python examples/shakespeare_char_pytorch.py": "tests/test_examples.py",
     "nanollm bench": "tests/test_bench.py",
     "python data/prepare_shakespeare.py": "tests/test_data.py",
+    **{f"nanollm {command}": "tests/test_cli.py"
+       for command in ("train", "sample", "info", "prepare", "plot", "export", "import")},
 }
 
 

@@ -1,0 +1,428 @@
+"""The `nanollm` command (also `python -m nanollm`): argument parsing, dispatch, and errors.
+
+    nanollm                                   train the nano preset on the embedded corpus
+    nanollm train --data input.txt --preset small --learning_rate=3e-3 --out runs/small
+    nanollm train --resume runs/small --num_steps=4000
+    nanollm sample --checkpoint runs/small --prompt "ROMEO:" --seed 1
+    nanollm info --preset gpt2-124m           (or a checkpoint, or a config file)
+    nanollm prepare input.txt data/input --tokenizer bpe
+    nanollm plot runs/small
+    nanollm export --format hf-gpt2 runs/small/checkpoint_final.npz hf/small
+    nanollm import --format hf-gpt2 hf/small imported.npz
+    nanollm bench
+
+Each subcommand's work lives in the library (launch, generate, estimate, data, metrics,
+interop, bench); this file only turns arguments into calls. Every error is one line on stderr
+and a non-zero exit status (2: bad arguments, 1: the command failed); NANOLLM_DEBUG=1 shows
+the traceback instead.
+"""
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from pathlib import Path
+
+from nanollm import config as configuration
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+HF_FORMATS = ("hf-gpt2",)
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (exit status 2), found by the parser named ``prog``."""
+
+    def __init__(self, message, prog="nanollm"):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after every option's help; descriptions keep their line breaks."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (with a suggestion for a misspelt option)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
+
+    def unknown_options(self, extras):
+        """The one-line error for arguments no option took, with the nearest option name."""
+        unknown = extras[0].split("=")[0]
+        options = [o for action in self._actions for o in action.option_strings]
+        close = difflib.get_close_matches(unknown, options, n=1, cutoff=0.6) if unknown.startswith("-") else []
+        what = "unknown option" if unknown.startswith("-") else "unexpected argument"
+        self.error(f"{what} {unknown}" + (f"; did you mean {close[0]}?" if close else ""))
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+# ------------------------------------------------------------------------- config keys as options
+
+CONFIG_DEST = "config:"
+
+
+def _shown(value):
+    """A default as it would be typed on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def add_config_options(parser):
+    """Every DEFAULTS key as --key=VALUE (dashes or underscores), listed with its default."""
+    group = parser.add_argument_group(
+        "config keys", "any key of nanollm.config.DEFAULTS as --key=value; precedence: defaults < --preset < "
+                       "--config file < --key=value")
+    descriptions = configuration.describe_keys()
+    aliases = {canonical: alias for alias, canonical in configuration.ALIASES.items()}
+    for key, default in configuration.DEFAULTS.items():
+        names = [f"--{key}"] + ([f"--{aliases[key]}"] if key in aliases else [])
+        group.add_argument(*names, dest=CONFIG_DEST + key, metavar="VALUE", default=argparse.SUPPRESS,
+                           help=f"{descriptions[key]} (default: {_shown(default)})".replace("%", "%%"))
+
+
+def config_layers(args):
+    """([config file dict, command-line dict], their names) from parsed arguments."""
+    layers, sources = [], []
+    if getattr(args, "config", None):
+        layers.append(configuration.load_config_file(args.config))
+        sources.append(f"config file {args.config}")
+    given = {dest[len(CONFIG_DEST):]: text for dest, text in vars(args).items() if dest.startswith(CONFIG_DEST)}
+    if given:
+        layers.append({key: configuration.parse_value(key, text) for key, text in given.items()})
+        sources.append("command line")
+    return layers, sources
+
+
+def _normalise_dashes(argv):
+    """--learning-rate=3e-4 -> --learning_rate=3e-4 for config keys (other options keep dashes)."""
+    keys = set(configuration.DEFAULTS) | set(configuration.ALIASES)
+    normalised = []
+    for arg in argv:
+        if arg.startswith("--") and "-" in arg[2:].split("=")[0]:
+            name, sep, value = arg[2:].partition("=")
+            if name.replace("-", "_") in keys:
+                arg = f"--{name.replace('-', '_')}{sep}{value}"
+        normalised.append(arg)
+    return normalised
+
+
+# ------------------------------------------------------------------------- subcommands
+
+
+def cmd_train(args):
+    from nanollm.launch import launch_training
+
+    layers, sources = config_layers(args)
+    results = launch_training(data=args.data, preset=args.preset, overrides=layers, sources=sources, out=args.out,
+                              resume=args.resume, tokenizer=args.tokenizer, num_samples=args.num_samples,
+                              command=" ".join(["nanollm", "train", *args.argv]))
+    return EXIT_FAILED if results["diverged"] else 0
+
+
+def _prompts(args):
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UsageError("give --prompt or --prompt-file, not both", "nanollm sample")
+    if args.prompt_file is not None:
+        from nanollm.textfiles import read_text_file
+
+        return read_text_file(args.prompt_file)
+    return args.prompt
+
+
+def cmd_sample(args):
+    from nanollm.checkpoint import find_checkpoint, load_checkpoint
+    from nanollm.generate import generate_text
+    from nanollm.tokenizers import load_tokenizer
+
+    prompt = _prompts(args)
+    checkpoint = find_checkpoint(args.checkpoint)
+    info = load_checkpoint(checkpoint)
+    model, tokenizer = info["model"], info["tokenizer"]
+    if args.tokenizer is not None:
+        tokenizer = load_tokenizer(args.tokenizer)
+    if tokenizer is None:
+        raise ValueError(f"{checkpoint} holds no tokenizer; pass --tokenizer with the tokenizer.json its data was "
+                         "encoded with")
+    if tokenizer.vocab_size != model.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but {checkpoint} has vocab_size="
+                         f"{model.vocab_size}; pass the tokenizer the model was trained with")
+
+    def samples(text):
+        for number in range(args.num_samples):
+            seed = None if args.seed is None else args.seed + number
+            yield generate_text(model, tokenizer, text, args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, seed=seed)
+
+    if not args.interactive:
+        for number, text in enumerate(samples(prompt if prompt is not None else "\n")):
+            if number:
+                print("-" * 40)
+            print(text, flush=True)
+        return 0
+    print(f"{checkpoint}: step {info['step']}; a prompt per line, an empty line or Ctrl-D to stop", file=sys.stderr)
+    while True:
+        print("prompt> ", end="", file=sys.stderr, flush=True)  # stderr: stdout carries only the samples
+        line = sys.stdin.readline().rstrip("\n")
+        if not line:
+            break
+        for text in samples(line.replace("\\n", "\n")):
+            print(text, flush=True)
+            print("-" * 40, flush=True)
+    return 0
+
+
+def cmd_info(args):
+    from nanollm.estimate import describe_model, format_description
+
+    layers, sources = config_layers(args)
+    source = Path(args.source) if args.source else None
+    if source is not None and source.suffix in (".json", ".toml") and source.is_file():
+        layers.insert(0, configuration.load_config_file(source))
+        sources.insert(0, f"config file {source}")
+        source = None
+    if source is not None:
+        from nanollm.checkpoint import find_checkpoint, read_checkpoint_metadata
+
+        if args.preset:
+            raise UsageError("give a checkpoint or --preset, not both", "nanollm info")
+        checkpoint = find_checkpoint(source)
+        metadata = read_checkpoint_metadata(checkpoint)
+        saved = {k: v for k, v in (metadata.get("config") or {}).items() if k in configuration.DEFAULTS}
+        cfg = configuration.resolve(saved, *layers, sources=[f"config saved in {checkpoint}", *sources])
+        model_config, title = metadata["model_config"], f"{checkpoint} (step {metadata['step']})"
+    else:
+        preset = args.preset or "nano"
+        cfg = configuration.resolve(*layers, preset=preset, sources=sources)
+        model_config = {key: cfg[key] for key in ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim",
+                                                  "num_heads", "num_kv_heads", "max_seq_len", "dropout", "dtype")}
+        if model_config["vocab_size"] is None:
+            model_config["vocab_size"] = INFO_VOCAB_SIZE
+        title = f"preset {preset}" + (f" + {', '.join(sources)}" if sources else "")
+    description = describe_model(model_config, batch_size=cfg["batch_size"], seq_len=cfg["max_seq_len"],
+                                 optimizer=cfg["optimizer"], momentum=cfg["momentum"], dtype=cfg["dtype"],
+                                 grad_accum_steps=cfg["grad_accum_steps"])
+    if args.json:
+        print(json.dumps(description, indent=2))
+    else:
+        print(title)
+        if source is None and cfg["vocab_size"] is None:
+            print(f"(vocab_size not set: assuming {INFO_VOCAB_SIZE}; give --vocab_size=N)")
+        print(format_description(description))
+    return 0
+
+
+INFO_VOCAB_SIZE = 256  # what `info` assumes for a config without vocab_size (a byte-level vocabulary)
+
+
+def cmd_prepare(args):
+    from nanollm.data import prepare
+
+    tokenizer = args.tokenizer
+    meta = prepare(args.input, args.out_dir, tokenizer=tokenizer, vocab_size=args.vocab_size,
+                   min_frequency=args.min_frequency, val_fraction=args.val_fraction,
+                   instruction_format=None if args.format == "text" else args.format, overwrite=args.overwrite)
+    print(f"{args.out_dir}: {meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens, "
+          f"{meta['tokenizer']} tokenizer with {meta['vocab_size']:,} tokens")
+    print(f"train on it with: nanollm train --data {args.out_dir}")
+    return 0
+
+
+def cmd_plot(args):
+    from nanollm.metrics import METRICS_FILE, plot_metrics
+
+    if args.out is not None and len(args.run_dirs) > 1:
+        raise UsageError("--out names one file, so it takes one run folder; leave it out to write each folder's "
+                         "curves.png", "nanollm plot")
+    for run_dir in map(Path, args.run_dirs):
+        metrics = run_dir / METRICS_FILE if run_dir.is_dir() else run_dir
+        if not metrics.is_file():
+            raise ValueError(f"{run_dir} holds no {METRICS_FILE}; give a run folder written by nanollm train "
+                             "(or train_with_config with a checkpoint_dir)")
+        out = Path(args.out) if args.out else metrics.parent / "curves.png"
+        plot_metrics(metrics, out, title=str(run_dir))
+        print(out)
+    return 0
+
+
+def cmd_export(args):
+    from nanollm.checkpoint import find_checkpoint
+    from nanollm.interop import export_hf_gpt2
+
+    written = export_hf_gpt2(find_checkpoint(args.checkpoint), args.out_dir, overwrite=args.overwrite)
+    for path in written:
+        print(path)
+    print(f"load it with: transformers.GPT2LMHeadModel.from_pretrained({str(args.out_dir)!r})")
+    return 0
+
+
+def cmd_import(args):
+    from nanollm.interop import import_hf_gpt2
+
+    print(import_hf_gpt2(args.in_dir, args.checkpoint, overwrite=args.overwrite))
+    return 0
+
+
+def cmd_bench(args):
+    from nanollm.bench import check_arguments
+    from nanollm.bench import main as bench_main
+
+    bench_main(args.argv, args=check_arguments(args, args.parser))
+    return 0
+
+
+# ------------------------------------------------------------------------- the parser
+
+
+def build_parser():
+    from nanollm.bench import add_arguments as add_bench_arguments
+    from nanollm.config import PRESETS
+
+    examples = __doc__.split("\n\n")[1]
+    parser = _Parser(prog="nanollm", description="Train GPT-style language models with a hand-written NumPy "
+                                                 "autograd.\n\n" + examples,
+                     epilog="nanollm with no subcommand runs `nanollm train`; see `nanollm SUBCOMMAND --help`")
+    from nanollm import __version__
+
+    parser.add_argument("--version", action="version", version=f"nanollm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
+
+    train = commands.add_parser("train", usage="nanollm train [options] [--key=value ...]", help="train a model (no arguments: the nano preset on the embedded corpus)",
+                                description="Train a model. With no arguments: the nano preset on the embedded "
+                                            "corpus, in runs/nano (about two minutes on 2 cores).")
+    train.add_argument("--data", default=None, help="a text file, a .jsonl instruction file, or a folder written by "
+                                                    "nanollm prepare (default: the embedded corpus)")
+    train.add_argument("--preset", default=None, choices=list(PRESETS),
+                       help="model and recipe to start from (default: nano for a new run)")
+    train.add_argument("--config", default=None, help="a JSON or TOML file of config keys")
+    train.add_argument("--out", default=None, help="run folder (default: runs/<preset>, or runs/<preset>-N if "
+                                                   "taken; a resumed run: its checkpoint's folder)")
+    train.add_argument("--resume", default=None, help="continue from this checkpoint or run folder")
+    train.add_argument("--tokenizer", default="char", help="for a text --data file: char, bpe (vocab_size tokens, "
+                                                           "default 4096) or a tokenizer.json path")
+    train.add_argument("--num-samples", type=int, default=2, help="samples printed after training")
+    add_config_options(train)
+    train.set_defaults(parser=train, handler=cmd_train)
+
+    sample = commands.add_parser("sample", aliases=["generate"], help="generate text from a checkpoint",
+                                 description="Generate text from a checkpoint (or a run folder: its final checkpoint).")
+    sample.add_argument("--checkpoint", required=True, help="a checkpoint_*.npz file or a run folder")
+    sample.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
+    sample.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
+    sample.add_argument("--num-samples", type=int, default=3, help="samples per prompt")
+    sample.add_argument("--max-new-tokens", type=int, default=200, help="tokens generated per sample")
+    sample.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is more random")
+    sample.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    sample.add_argument("--top-p", type=float, default=None, help="sample within this much probability (nucleus)")
+    sample.add_argument("--seed", type=int, default=None, help="sample i uses seed + i: the same seed, the same text")
+    sample.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line")
+    sample.add_argument("--tokenizer", default=None, help="a tokenizer.json, for a checkpoint without one")
+    sample.set_defaults(parser=sample, handler=cmd_sample)
+
+    info = commands.add_parser("info", usage="nanollm info [SOURCE] [options] [--key=value ...]", help="sizes, FLOPs and training memory of a config or checkpoint",
+                               description="Architecture, parameters per tensor and in total, FLOPs per token, "
+                                           "and the memory a training step needs.")
+    info.add_argument("source", nargs="?", default=None, help="a checkpoint, a run folder, or a .json/.toml config "
+                                                              "(default: --preset)")
+    info.add_argument("--preset", default=None, choices=list(PRESETS), help="a preset (default: nano)")
+    info.add_argument("--config", default=None, help="a JSON or TOML file of config keys")
+    info.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_config_options(info)
+    info.set_defaults(parser=info, handler=cmd_info)
+
+    prep = commands.add_parser("prepare", help="text or instruction JSONL -> token files for training",
+                               description="Tokenize a text file (or Alpaca/ShareGPT JSONL) into train.bin, val.bin, "
+                                           "tokenizer.json and meta.json.")
+    prep.add_argument("input", help="a UTF-8 text file or a .jsonl instruction file")
+    prep.add_argument("out_dir", help="folder to write")
+    prep.add_argument("--tokenizer", default="char", help="char, bpe, or a tokenizer.json to encode with")
+    prep.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
+    prep.add_argument("--min-frequency", type=int, default=2, help="BPE: stop merging pairs rarer than this")
+    prep.add_argument("--val-fraction", type=float, default=0.1, help="share of the text held out for validation")
+    prep.add_argument("--format", default="text", choices=["text", "auto", "alpaca", "sharegpt"],
+                      help="text, or instruction data (a .jsonl input means auto)")
+    prep.add_argument("--overwrite", action="store_true", help="replace prepared files already in out_dir")
+    prep.set_defaults(parser=prep, handler=cmd_prepare)
+
+    plot = commands.add_parser("plot", help="PNG curves of a run's metrics.jsonl",
+                               description="Plot loss, validation loss, learning rate and gradient norm per step.")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (or metrics.jsonl files)")
+    plot.add_argument("--out", default=None, help="PNG to write (default: curves.png in each run folder)")
+    plot.set_defaults(parser=plot, handler=cmd_plot)
+
+    export = commands.add_parser("export", help="a checkpoint -> a Hugging Face model folder",
+                                 description="Write model.safetensors and config.json that "
+                                             "transformers.GPT2LMHeadModel.from_pretrained loads.")
+    export.add_argument("--format", default="hf-gpt2", choices=HF_FORMATS, help="the format to write")
+    export.add_argument("checkpoint", help="a checkpoint file or run folder")
+    export.add_argument("out_dir", help="folder to write")
+    export.add_argument("--overwrite", action="store_true", help="replace model files already in out_dir")
+    export.set_defaults(parser=export, handler=cmd_export)
+
+    imp = commands.add_parser("import", help="a Hugging Face GPT-2 folder -> a checkpoint",
+                              description="Read config.json and model.safetensors and write a nanollm checkpoint.")
+    imp.add_argument("--format", default="hf-gpt2", choices=HF_FORMATS, help="the format to read")
+    imp.add_argument("in_dir", help="a folder with config.json and model.safetensors")
+    imp.add_argument("checkpoint", help="the .npz checkpoint to write")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    imp.set_defaults(parser=imp, handler=cmd_import)
+
+    bench = commands.add_parser("bench", help="time the train step and kernels on this machine",
+                                description="Time primitives and train steps per backend, against PyTorch if present.")
+    add_bench_arguments(bench)
+    bench.set_defaults(parser=bench, handler=cmd_bench)
+    return parser
+
+
+def _check_numbers(args):
+    for name in ("num_samples", "max_new_tokens"):
+        value = getattr(args, name, None)
+        if value is not None and value < (0 if name == "num_samples" and args.command == "train" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}", f"nanollm {args.command}")
+
+
+def main(argv=None):
+    """Run the command; returns the exit status (0 on success)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["train", *argv]  # `nanollm` alone, or `nanollm --num_steps=100`, trains
+    command = argv[0]
+    try:
+        parser = build_parser()
+        args, extras = parser.parse_known_args(_normalise_dashes(argv))
+        if extras:
+            args.parser.unknown_options(extras)
+        command, args.argv = args.command, argv[1:]
+        _check_numbers(args)
+        return args.handler(args) or 0
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"nanollm {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, ImportError) as exc:
+        if os.environ.get("NANOLLM_DEBUG"):
+            raise
+        print(f"nanollm {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: still one line, with the way to the traceback
+        if os.environ.get("NANOLLM_DEBUG"):
+            raise
+        print(f"nanollm {command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(run again with NANOLLM_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,250 @@
+"""What a model config costs, from the config alone: parameters, FLOPs and training memory.
+
+    info = describe_model(model.config, batch_size=12, seq_len=1024)    # a plain dict
+    print(format_description(info))                                     # what `nanollm info` prints
+
+Nothing here allocates the model: shapes come from ``nanollm.model.parameter_shapes(config)``
+and FLOPs from ``nanollm.model.flops_per_token(config)``, so GPT-2 (124M parameters, 500 MB of
+float32 weights) is described in milliseconds.
+
+The memory estimate counts what one training step keeps alive: the parameters, their gradients,
+the optimizer's state and the activations the forward caches for the backward
+(``activation_terms`` derives them, term by term, from the ops' caches).
+"""
+
+from nanollm.model import complete_model_config, flops_per_token, parameter_shapes
+
+INDEX_BYTES = 8  # token ids and positions are int64 (nanollm.data builds int64 batches)
+DTYPE_BYTES = {"float32": 4, "float64": 8}
+
+# Arrays the optimizer keeps per parameter element (nanollm.optim): Adam and AdamW keep m and v,
+# Lion keeps m, SGD keeps a momentum buffer only when momentum > 0 (created at the first step).
+OPTIMIZER_STATE = {"adam": ("m", "v"), "adamw": ("m", "v"), "lion": ("m",), "sgd": ("momentum_buffer",)}
+
+
+def _complete(model_config):
+    """The model config completed as the model would complete it; a None value means the
+    model's default here (as it does for the model keys of a resolved training config)."""
+    return complete_model_config({key: value for key, value in model_config.items() if value is not None})
+
+
+def optimizer_state_per_element(optimizer, momentum=0.0):
+    """Parameter-sized arrays the optimizer keeps: adam/adamw 2, lion 1, sgd 1 with momentum else 0."""
+    if optimizer not in OPTIMIZER_STATE:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_STATE)}")
+    if optimizer == "sgd" and not momentum:
+        return 0
+    return len(OPTIMIZER_STATE[optimizer])
+
+
+def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
+    """Bytes of the activations ``model.forward(idx, targets)`` keeps for the backward, by term.
+
+    B batch, T seq_len, C width, F ffn width, V vocabulary, L layers, H heads, H_kv key/value
+    heads, hd = C / H, Q = (H + 2 H_kv) hd (the qkv width), N = B T tokens, s = bytes per
+    element of dtype, i = 8 (int64 ids), d = 1 when dropout > 0 (training) else 0.
+    What each op caches (nanollm/ops), one line per buffer; views (q, k, v of the qkv output,
+    logits2d of the logits) share their base array and count once; the weights the caches refer
+    to are parameters, counted under "parameters", not here:
+
+        token_ids         idx (B, T), targets (B, T) int64, positions arange(T) int64   i (2N + T)
+        embedding         dropout mask of the embedded tokens (B, T, C)                 s d N C
+        blocks, L times:
+          ln1             x: the block's input (B, T, C), mean (B, T), rstd (B, T)      s N (C + 2)
+          attn.qkv        input = ln1 output (B, T, C)                                  s N C
+          attention       q, k, v: views of the qkv output (B, T, Q)                    s N Q
+          attn.proj       input = the heads merged (B, T, C)                            s N C
+          dropout 1       mask (B, T, C)                                                s d N C
+          ln2             x after the attention residual (B, T, C), mean, rstd (B, T)   s N (C + 2)
+          mlp.fc          input = ln2 output (B, T, C)                                  s N C
+          gelu            input = fc output (B, T, F)                                   s N F
+          mlp.proj        input = gelu output (B, T, F)                                 s N F
+          dropout 2       mask (B, T, C)                                                s d N C
+          per block                                                 s N (5C + Q + 2F + 4 + 2 d C)
+        attention_probs, L times: probs (B, H, T, T); with dropout also the dropped
+                          probs and their mask (B, H, T, T) each                        s B H T^2 (1 + 2d)
+        final_layernorm   x (B, T, C), mean, rstd (B, T); its output = the head's input s N (2C + 2)
+        logits            logits (B T, V) (the cross-entropy's logits2d is a view of
+                          them) and the cross-entropy's logsumexp (B T,)                s N (V + 1)
+
+    The logits dominate small models with big vocabularies; the attention probabilities grow
+    with T^2. GPT-2 small at B=12, T=1024 in float32 keeps 15.9 GiB: 2.3 GiB of logits, 6.8 GiB
+    of attention probabilities, 6.8 GiB for the rest of the blocks.
+    Measured (tests/test_estimate.py): on the numpy backend the sum of every distinct buffer
+    reachable from ``model._cache`` (parameters excluded) equals this formula exactly, and on
+    numba and cython too (their kernels return outputs of the same shapes and dtypes, and the
+    caches hold the same arrays).
+    Not counted: the backward's transient buffers (dlogits (B T, V), and on numpy_ref one more
+    (B T, V) temporary for exp(logits - lse); one block's gradients at a time), and a previous
+    step's cache: ``model.forward`` replaces ``model._cache`` only when it returns, so while the
+    next forward runs the old cache is still alive unless the caller drops it.
+    """
+    cfg = _complete(model_config)
+    t = cfg["max_seq_len"] if seq_len is None else seq_len
+    s = DTYPE_BYTES[dtype or cfg["dtype"]]
+    b, c, f, v, layers = batch_size, cfg["embedding_dim"], cfg["ffn_hidden_dim"], cfg["vocab_size"], cfg["num_layers"]
+    heads, kv_heads = cfg["num_heads"], cfg["num_kv_heads"]
+    q = (heads + 2 * kv_heads) * (c // heads)
+    n, d = b * t, 1 if cfg["dropout"] > 0 else 0
+    return {
+        "token_ids": INDEX_BYTES * (2 * n + t),
+        "embedding": s * d * n * c,
+        "blocks": layers * s * n * (5 * c + q + 2 * f + 4 + 2 * d * c),
+        "attention_probs": layers * s * b * heads * t * t * (1 + 2 * d),
+        "final_layernorm": s * n * (2 * c + 2),
+        "logits": s * n * (v + 1),
+    }
+
+
+def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", momentum=0.0, dtype=None,
+                   grad_accum_steps=1):
+    """Architecture, parameters, FLOPs and training memory of a model config, as a plain dict.
+
+    model_config: a model-config dict (``model.config``, a checkpoint's model config, or part of
+    one: missing keys and None values take the model's defaults). batch_size: windows per micro-batch; seq_len:
+    tokens per window (default max_seq_len); dtype: of parameters, gradients, optimizer state
+    and activations (default the config's); grad_accum_steps: micro-batches per optimizer step.
+
+    Keys: the completed model config ("architecture", "vocab_size", ...), "head_dim",
+    "parameters" {name: {"shape": [...], "count": n}} in forward order, "total_parameters" (the
+    output layer is tied to wte and counted once, as wte), "flops_per_token" {"forward",
+    "training"} at seq_len, "tokens_per_step" (batch_size * seq_len * grad_accum_steps),
+    "flops_per_step" (training FLOPs of one optimizer step, all its micro-batches), "assumptions"
+    {batch_size, seq_len, dtype, optimizer, momentum, grad_accum_steps}, "memory_bytes"
+    {"parameters", "gradients", "optimizer_state", "activations", "total"} of one training
+    micro-batch and "activation_bytes" (the activations by term, see ``activation_terms``).
+
+    Gradients are one parameter-sized set, two with grad_accum_steps > 1 (the running sum and
+    the micro-batch's own, nanollm.train); the optimizer state is
+    ``optimizer_state_per_element`` parameter-sized arrays, in dtype.
+    """
+    cfg = _complete(model_config)
+    t = cfg["max_seq_len"] if seq_len is None else seq_len
+    dtype = cfg["dtype"] if dtype is None else str(dtype)
+    for name, value in (("batch_size", batch_size), ("seq_len", t), ("grad_accum_steps", grad_accum_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if t > cfg["max_seq_len"]:
+        raise ValueError(f"seq_len={t} exceeds the model's max_seq_len={cfg['max_seq_len']}")
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {tuple(DTYPE_BYTES)}")
+    state_arrays = optimizer_state_per_element(optimizer, momentum)
+
+    parameters = {}
+    for name, shape in parameter_shapes(cfg).items():
+        count = 1
+        for size in shape:
+            count *= size
+        parameters[name] = {"shape": list(shape), "count": count}
+    total = sum(p["count"] for p in parameters.values())
+
+    s = DTYPE_BYTES[dtype]
+    activations = activation_terms(cfg, batch_size, t, dtype)
+    memory = {
+        "parameters": total * s,
+        "gradients": total * s * (2 if grad_accum_steps > 1 else 1),
+        "optimizer_state": total * s * state_arrays,
+        "activations": sum(activations.values()),
+    }
+    memory["total"] = sum(memory.values())
+    training, forward = flops_per_token(cfg, t, training=True), flops_per_token(cfg, t, training=False)
+    tokens_per_step = batch_size * t * grad_accum_steps
+    return {
+        **cfg,
+        "head_dim": cfg["embedding_dim"] // cfg["num_heads"],
+        "parameters": parameters,
+        "total_parameters": total,
+        "flops_per_token": {"forward": forward, "training": training},
+        "tokens_per_step": tokens_per_step,
+        "flops_per_step": training * tokens_per_step,
+        "assumptions": {"batch_size": batch_size, "seq_len": t, "dtype": dtype, "optimizer": optimizer,
+                        "momentum": float(momentum), "grad_accum_steps": grad_accum_steps},
+        "memory_bytes": memory,
+        "activation_bytes": activations,
+    }
+
+
+def format_bytes(n):
+    """1536 -> '1.5 KiB', binary units up to GiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} B"
+
+
+def format_flops(n):
+    """8.5e8 -> '854.4 MFLOP', decimal units."""
+    for unit, size in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} FLOP"
+
+
+def _parameter_rows(description):
+    """(label, shape, count) rows: wte, wpe, block 0 in full, then (with several blocks) a
+    per-block subtotal and the count of all blocks, ln_f, the total. A row whose shape is None
+    is a summary line."""
+    layers, rows, per_block = description["num_layers"], [], 0
+    for name, p in description["parameters"].items():
+        if name.startswith("blocks."):
+            if name.startswith("blocks.0."):
+                rows.append((name, str(tuple(p["shape"])), p["count"]))
+                per_block += p["count"]
+            continue
+        if name == "ln_f.weight" and layers > 1:
+            rows += [("  per block", None, per_block),
+                     (f"  x {layers} blocks (blocks.0 .. blocks.{layers - 1})", None, layers * per_block)]
+        rows.append((name, str(tuple(p["shape"])), p["count"]))
+    rows.append(("total (output layer tied to wte)", None, description["total_parameters"]))
+    return rows
+
+
+def format_description(description):
+    """The human-readable text of ``describe_model``'s dict: a header, the parameter table (block
+    0 in full, then one line for all L blocks), totals, FLOPs and the memory breakdown."""
+    d, a, memory = description, description["assumptions"], description["memory_bytes"]
+    kv = f" ({d['num_kv_heads']} key/value)" if d["num_kv_heads"] != d["num_heads"] else ""
+    layers = f"{d['num_layers']} layer{'s' if d['num_layers'] > 1 else ''}"
+    lines = [f"{d['architecture']}: {layers}, {d['num_heads']} heads{kv} of {d['head_dim']}, "
+             f"width {d['embedding_dim']}, ffn {d['ffn_hidden_dim']}, context {d['max_seq_len']}, "
+             f"vocab {d['vocab_size']:,}, dropout {d['dropout']:g}, {d['dtype']}", ""]
+    rows = _parameter_rows(d)
+    name_width = max(len(label) for label, shape, _ in rows if shape is not None)
+    shape_width = max(len(shape) for _, shape, _ in rows if shape is not None)
+    span = max([name_width + 2 + shape_width] + [len(label) for label, shape, _ in rows if shape is None])
+    shape_width = span - name_width - 2
+    count_width = max(len(f"{count:,}") for *_, count in rows)
+    lines.append(f"{'parameter':<{name_width}}  {'shape':<{shape_width}}  {'count':>{count_width}}")
+    for label, shape, count in rows:
+        if shape is None:
+            lines.append(f"{label:<{span}}  {count:>{count_width},}")
+        else:
+            lines.append(f"{label:<{name_width}}  {shape:<{shape_width}}  {count:>{count_width},}")
+
+    flops = d["flops_per_token"]
+    accum = f" x {a['grad_accum_steps']} micro-batches" if a["grad_accum_steps"] > 1 else ""
+    lines += ["",
+              f"FLOPs per token (seq_len {a['seq_len']}): forward {format_flops(flops['forward'])}, "
+              f"training {format_flops(flops['training'])} (3x forward)",
+              f"FLOPs per step: {format_flops(d['flops_per_step'])} "
+              f"({a['batch_size']} x {a['seq_len']}{accum} = {d['tokens_per_step']:,} tokens)"]
+
+    momentum = f", momentum {a['momentum']:g}" if a["optimizer"] == "sgd" else ""
+    state = optimizer_state_per_element(a["optimizer"], a["momentum"])
+    acts = d["activation_bytes"]
+    grads_note = " (running sum + micro-batch)" if a["grad_accum_steps"] > 1 else ""
+    micro = f"{a['grad_accum_steps']} micro-batch{'es' if a['grad_accum_steps'] > 1 else ''} per step"
+    lines += ["",
+              f"training memory estimate: batch {a['batch_size']} x seq_len {a['seq_len']}, {a['dtype']}, "
+              f"{a['optimizer']}{momentum}, {micro}",
+              f"  parameters       {format_bytes(memory['parameters']):>12}",
+              f"  gradients        {format_bytes(memory['gradients']):>12}{grads_note}",
+              f"  optimizer state  {format_bytes(memory['optimizer_state']):>12} "
+              f"({state} value{'s' if state != 1 else ''} per parameter)",
+              f"  activations      {format_bytes(memory['activations']):>12} "
+              f"(logits {format_bytes(acts['logits'])}, attention probs {format_bytes(acts['attention_probs'])}, "
+              f"other layers {format_bytes(acts['blocks'] + acts['embedding'] + acts['final_layernorm'])})",
+              f"  total            {format_bytes(memory['total']):>12}",
+              "  (the forward's caches for one micro-batch; the backward briefly adds dlogits and one "
+              "block's gradients)"]
+    return "\n".join(lines)

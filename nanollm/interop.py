@@ -1,0 +1,448 @@
+"""Hugging Face GPT-2 interop: nanollm parameters <-> ``transformers.GPT2LMHeadModel`` weights.
+
+    to_hf_gpt2(model.params, model.config)     {"transformer.h.0.attn.c_attn.weight": (C, 3C), ...}
+    from_hf_gpt2(state_dict)                   {"blocks.0.attn.qkv.weight": (C, 3C), ...}
+    export_hf_gpt2("run/checkpoint_final.npz", "hf/")   model.safetensors + config.json (+ tokenizer)
+    import_hf_gpt2("hf/", "run/imported.npz")           a nanollm checkpoint of the same model
+
+Why no layout changes: nanollm's GPT-2 *is* GPT-2. Its linear weights are (in, out) with
+y = x @ W + b, exactly like transformers' ``Conv1D`` (which keeps OpenAI's TensorFlow layout);
+its qkv columns are [q heads | k heads | v heads] like ``c_attn``; GELU is the tanh form
+("gelu_new"); layernorm eps is 1e-5; the output layer is tied to wte. So only names change and
+the arrays themselves are passed through, never transposed or copied.
+
+Name table (i = layer):
+    wte                          transformer.wte.weight          (V, C)
+    wpe                          transformer.wpe.weight          (T, C)
+    blocks.i.ln1.weight/bias     transformer.h.i.ln_1.weight     (C,)
+    blocks.i.attn.qkv.weight     transformer.h.i.attn.c_attn.weight   (C, 3C)
+    blocks.i.attn.proj.weight    transformer.h.i.attn.c_proj.weight   (C, C)
+    blocks.i.ln2.weight/bias     transformer.h.i.ln_2.weight     (C,)
+    blocks.i.mlp.fc.weight       transformer.h.i.mlp.c_fc.weight      (C, F)
+    blocks.i.mlp.proj.weight     transformer.h.i.mlp.c_proj.weight    (F, C)
+    ln_f.weight/bias             transformer.ln_f.weight         (C,)
+(and each ``.bias`` likewise). ``lm_head.weight`` is not written: it is wte, and transformers
+re-ties it when it loads the model.
+
+The file functions need the ``safetensors`` package (imported only when called); nothing here
+needs torch or transformers.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from nanollm.model import BLOCK_PARAMS, TransformerLanguageModel
+from nanollm.textfiles import write_json_atomically
+
+WEIGHTS_FILE = "model.safetensors"
+SHARD_INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "nanollm_tokenizer.json"  # not tokenizer.json: that name is HF tokenizers' own format
+
+# nanollm block suffix -> HF block suffix (the same tensor, the same layout).
+BLOCK_NAMES = {
+    "ln1.weight": "ln_1.weight", "ln1.bias": "ln_1.bias",
+    "attn.qkv.weight": "attn.c_attn.weight", "attn.qkv.bias": "attn.c_attn.bias",
+    "attn.proj.weight": "attn.c_proj.weight", "attn.proj.bias": "attn.c_proj.bias",
+    "ln2.weight": "ln_2.weight", "ln2.bias": "ln_2.bias",
+    "mlp.fc.weight": "mlp.c_fc.weight", "mlp.fc.bias": "mlp.c_fc.bias",
+    "mlp.proj.weight": "mlp.c_proj.weight", "mlp.proj.bias": "mlp.c_proj.bias",
+}
+assert set(BLOCK_NAMES) == set(BLOCK_PARAMS)
+HF_BLOCK_NAMES = {hf: ours for ours, hf in BLOCK_NAMES.items()}
+TOP_NAMES = {"wte": "wte.weight", "wpe": "wpe.weight", "ln_f.weight": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
+HF_TOP_NAMES = {hf: ours for ours, hf in TOP_NAMES.items()}
+HF_PREFIX = "transformer."
+HF_BUFFERS = ("attn.bias", "attn.masked_bias")  # the causal mask buffers old checkpoints saved
+
+_OUR_BLOCK = re.compile(r"blocks\.(0|[1-9][0-9]*)\.(.+)")
+_HF_BLOCK = re.compile(r"h\.(0|[1-9][0-9]*)\.(.+)")
+
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # both are 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+LAYERNORM_EPS = 1e-5
+# What GPT2Config assumes for a key that config.json leaves out (transformers' defaults).
+HF_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+               "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1,
+               "layer_norm_epsilon": 1e-5, "scale_attn_weights": True, "tie_word_embeddings": True,
+               "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+               "add_cross_attention": False}
+# Floating dtypes of HF checkpoints -> the nanollm dtype they load as (nanollm computes in 32 or 64 bits).
+DTYPES = {"float32": "float32", "float64": "float64", "float16": "float32", "bfloat16": "float32"}
+
+
+# --------------------------------------------------------------------------------- config
+
+def check_gpt2_compatible(config):
+    """A ValueError unless ``config`` (a nanollm model config) is a model GPT2LMHeadModel can hold.
+
+    GPT-2 has one key/value head per query head and nanollm's "gpt2" layout only; a grouped-query
+    model or another architecture has weights GPT-2 has no place for."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a nanollm model config dict (model.config), got {type(config).__name__}")
+    architecture = config.get("architecture", "gpt2")
+    if architecture != "gpt2":
+        raise ValueError(f"architecture={architecture!r} cannot be exported as GPT-2; only architecture='gpt2' "
+                         "models map onto GPT2LMHeadModel")
+    heads, kv_heads = config.get("num_heads"), config.get("num_kv_heads")
+    if kv_heads is not None and kv_heads != heads:
+        raise ValueError(f"num_kv_heads={kv_heads} != num_heads={heads} (grouped-query attention) cannot be "
+                         "expressed in GPT-2; train with num_kv_heads=num_heads to export")
+    if not isinstance(config.get("num_layers"), int):
+        raise ValueError(f"config has no integer num_layers (got {config.get('num_layers')!r}); pass model.config")
+
+
+def hf_gpt2_config(model_config):
+    """The ``config.json`` dict with which ``GPT2LMHeadModel.from_pretrained`` rebuilds this model.
+
+    Every setting nanollm fixes (tanh GELU, eps 1e-5, tied output, 1/sqrt(hd) scaling) is written
+    out rather than left to transformers' defaults; the nanollm config rides along under "nanollm"."""
+    check_gpt2_compatible(model_config)
+    missing = [key for key in ("vocab_size", "max_seq_len", "embedding_dim", "num_heads", "ffn_hidden_dim")
+               if not isinstance(model_config.get(key), int)]
+    if missing:
+        raise ValueError(f"the model config lacks integer {', '.join(missing)}; pass model.config (or a "
+                         "checkpoint's model_config)")
+    c = model_config
+    dtype = str(c.get("dtype", "float32"))
+    dropout = float(c.get("dropout", 0.0))
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": c["vocab_size"], "n_positions": c["max_seq_len"], "n_embd": c["embedding_dim"],
+        "n_layer": c["num_layers"], "n_head": c["num_heads"], "n_inner": c["ffn_hidden_dim"],
+        "activation_function": "gelu_new", "layer_norm_epsilon": LAYERNORM_EPS,
+        "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout,
+        "initializer_range": 0.02, "tie_word_embeddings": True, "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+        # GPT2Config's defaults (50256) name GPT-2's own <|endoftext|>, which a nanollm vocabulary lacks.
+        "bos_token_id": None, "eos_token_id": None,
+        "torch_dtype": dtype, "dtype": dtype,  # transformers 4.x reads torch_dtype, 5.x reads dtype
+        "nanollm": dict(model_config),
+    }
+
+
+def model_config_from_hf(hf_config):
+    """The nanollm model config of a GPT-2 ``config.json`` dict (or a GPT2Config), or a ValueError
+    naming the setting nanollm cannot reproduce.
+
+    Keys left out take GPT2Config's defaults, as transformers would; n_inner None means 4 * n_embd;
+    dropout is resid_pdrop (nanollm has one rate); float16/bfloat16 models load as float32."""
+    if hasattr(hf_config, "to_dict"):
+        hf_config = hf_config.to_dict()
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"hf_config must be a config.json dict or a GPT2Config, got {type(hf_config).__name__}")
+    h = {**HF_DEFAULTS, **{k: v for k, v in hf_config.items() if v is not None or k == "n_inner"}}
+    model_type = hf_config.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise ValueError(f"model_type={model_type!r} is not GPT-2; only GPT-2 checkpoints can be imported")
+    if h["activation_function"] not in GELU_TANH:
+        raise ValueError(f"activation_function={h['activation_function']!r} is not supported: nanollm uses the tanh "
+                         f"GELU ({' or '.join(GELU_TANH)})")
+    if not h["tie_word_embeddings"]:
+        raise ValueError("tie_word_embeddings=False: untied output layers are not supported; nanollm's output "
+                         "layer is wte")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+        if h[flag]:
+            raise ValueError(f"{flag}=True is not supported by nanollm's attention; only plain GPT-2 imports")
+    if not h["scale_attn_weights"]:
+        raise ValueError("scale_attn_weights=False is not supported: nanollm always scales scores by 1/sqrt(head_dim)")
+    if abs(float(h["layer_norm_epsilon"]) - LAYERNORM_EPS) > 1e-12:
+        raise ValueError(f"layer_norm_epsilon={h['layer_norm_epsilon']} is not supported: nanollm's layernorm uses "
+                         f"eps={LAYERNORM_EPS}")
+    dtype = str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32").removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; nanollm loads {', '.join(DTYPES)} weights")
+    n_inner = h["n_inner"]
+    return dict(vocab_size=int(h["vocab_size"]), embedding_dim=int(h["n_embd"]), num_layers=int(h["n_layer"]),
+                ffn_hidden_dim=int(4 * h["n_embd"] if n_inner is None else n_inner),
+                num_heads=int(h["n_head"]), num_kv_heads=int(h["n_head"]), max_seq_len=int(h["n_positions"]),
+                dropout=float(h["resid_pdrop"]), architecture="gpt2", dtype=DTYPES[dtype])
+
+
+# --------------------------------------------------------------------------------- names
+
+def _expected_shapes(config):
+    """nanollm name -> shape for a model config (the parameter table, without allocating it)."""
+    c, f, v = config["embedding_dim"], config["ffn_hidden_dim"], config["vocab_size"]
+    block = {"ln1.weight": (c,), "ln1.bias": (c,), "attn.qkv.weight": (c, 3 * c), "attn.qkv.bias": (3 * c,),
+             "attn.proj.weight": (c, c), "attn.proj.bias": (c,), "ln2.weight": (c,), "ln2.bias": (c,),
+             "mlp.fc.weight": (c, f), "mlp.fc.bias": (f,), "mlp.proj.weight": (f, c), "mlp.proj.bias": (c,)}
+    shapes = {"wte": (v, c), "wpe": (config["max_seq_len"], c), "ln_f.weight": (c,), "ln_f.bias": (c,)}
+    for layer in range(config["num_layers"]):
+        shapes.update({f"blocks.{layer}.{suffix}": shape for suffix, shape in block.items()})
+    return shapes
+
+
+def _check_shape(name, value, shapes, source):
+    """A ValueError when an array's shape differs from the config's (scalars are not checked)."""
+    shape = getattr(value, "shape", None)
+    if shapes is not None and shape is not None and tuple(shape) != shapes[name]:
+        raise ValueError(f"{source} has shape {tuple(shape)} but the config says {shapes[name]}; pass the config "
+                         "of the model these arrays belong to")
+
+
+def _hf_name(name, num_layers):
+    """nanollm name -> HF name (with the transformer. prefix), or None for an unknown name."""
+    if name in TOP_NAMES:
+        return HF_PREFIX + TOP_NAMES[name]
+    match = _OUR_BLOCK.fullmatch(name)
+    if match and int(match[1]) < num_layers and match[2] in BLOCK_NAMES:
+        return f"{HF_PREFIX}h.{match[1]}.{BLOCK_NAMES[match[2]]}"
+    return None
+
+
+def to_hf_gpt2(arrays, config):
+    """{nanollm name: array} -> {GPT2LMHeadModel state-dict name: the same array}.
+
+    Works for anything keyed like ``model.params``: parameters, gradients, Adam moments, a subset
+    of them. The arrays are the very same objects (no transpose, no copy: Conv1D is (in, out) like
+    nanollm's weights). Array shapes are checked against ``config`` (a nanollm model config);
+    ``lm_head.weight`` is left out because it is tied to wte."""
+    check_gpt2_compatible(config)
+    shapes = _expected_shapes(config) if all(k in config for k in ("embedding_dim", "ffn_hidden_dim",
+                                                                   "vocab_size", "max_seq_len")) else None
+    out = {}
+    for name, value in arrays.items():
+        hf = _hf_name(name, config["num_layers"])
+        if hf is None:
+            raise ValueError(f"unknown parameter name {name!r} for a {config['num_layers']}-layer GPT-2; keys must "
+                             "be those of model.params (wte, wpe, blocks.<i>.<...>, ln_f.weight, ln_f.bias)")
+        _check_shape(name, value, shapes, f"{name!r}")
+        out[hf] = value
+    return out
+
+
+def _as_array(value):
+    """A torch tensor -> NumPy (sharing memory where it can; bfloat16 via float32); else unchanged."""
+    if type(value).__module__.startswith("torch"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
+    return value
+
+
+def from_hf_gpt2(state_dict, config=None):
+    """{GPT2LMHeadModel / GPT2Model state-dict name: array} -> {nanollm name: the same array}.
+
+    Takes both "transformer.h.0.attn.c_attn.weight" and the hub's un-prefixed "h.0.attn.c_attn.weight";
+    skips the causal-mask buffers (h.<i>.attn.bias, attn.masked_bias); accepts lm_head.weight only
+    when it equals wte (nanollm's output layer is wte). Torch tensors become NumPy arrays; NumPy
+    arrays pass through untouched. ``config`` (a nanollm model config), when given, also checks the
+    layer count and shapes. An unknown name is a ValueError naming it."""
+    if config is not None:
+        check_gpt2_compatible(config)
+    shapes = _expected_shapes(config) if config is not None else None
+    out, lm_head, origin = {}, None, {}
+    for hf, value in state_dict.items():
+        bare = hf[len(HF_PREFIX):] if hf.startswith(HF_PREFIX) else hf
+        match = _HF_BLOCK.fullmatch(bare)
+        if hf == "lm_head.weight":
+            lm_head = _as_array(value)
+            continue
+        if match and match[2] in HF_BUFFERS:
+            continue
+        if bare in HF_TOP_NAMES:
+            name = HF_TOP_NAMES[bare]
+        elif match and match[2] in HF_BLOCK_NAMES and (config is None or int(match[1]) < config["num_layers"]):
+            name = f"blocks.{match[1]}.{HF_BLOCK_NAMES[match[2]]}"
+        else:
+            raise ValueError(f"unknown GPT-2 weight name {hf!r}; only GPT2LMHeadModel/GPT2Model weights import "
+                             "(transformer.wte/wpe/h.<i>/ln_f..., lm_head tied to wte)")
+        if name in out:
+            raise ValueError(f"{hf!r} and {origin[name]!r} are the same weight; give a state dict with each once")
+        _check_shape(name, value, shapes, f"{hf!r}")
+        out[name], origin[name] = _as_array(value), hf
+    if lm_head is not None:
+        if "wte" not in out:
+            out["wte"] = lm_head  # tied: the output layer is the token embedding
+        elif not (lm_head.shape == out["wte"].shape and np.array_equal(np.asarray(lm_head), np.asarray(out["wte"]))):
+            raise ValueError("lm_head.weight differs from wte: untied output layers are not supported; nanollm's "
+                             "output layer is the token embedding wte")
+    return out
+
+
+# --------------------------------------------------------------------------------- files
+
+class MissingPackageError(ImportError, ValueError):
+    """An optional package is not installed. An ImportError, and a ValueError too, so that callers
+    that print ValueErrors as one line (the CLI) show the install command, not a traceback."""
+
+
+def _safetensors(verb):
+    """The safetensors.numpy module, or a one-line MissingPackageError with the install command."""
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise MissingPackageError(f"{verb} needs the safetensors package: pip install safetensors") from None
+    return safetensors.numpy
+
+
+def _fsync(path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def export_hf_gpt2(checkpoint_path, out_dir, overwrite=False):
+    """Write a nanollm checkpoint as a folder ``GPT2LMHeadModel.from_pretrained(out_dir)`` loads.
+
+    Writes out_dir/model.safetensors (the parameters under HF names), out_dir/config.json
+    (``hf_gpt2_config``) and, when the checkpoint holds a tokenizer, out_dir/nanollm_tokenizer.json
+    (nanollm's own tokenizer dict: HF reserves tokenizer.json for its format). Each file is written
+    to a temporary name and renamed into place. Existing files are an error unless overwrite=True;
+    then a stale nanollm_tokenizer.json of an earlier export is removed when this checkpoint has
+    none (it would describe another model); nothing else is touched. Returns the written paths."""
+    save_file = _safetensors("exporting").save_file
+    from nanollm.checkpoint import read_checkpoint
+
+    metadata, arrays = read_checkpoint(checkpoint_path)
+    model_config = metadata["model_config"]
+    check_gpt2_compatible(model_config)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file; give a folder to export into")
+    weights, config_path, tokenizer_path = out_dir / WEIGHTS_FILE, out_dir / CONFIG_FILE, out_dir / TOKENIZER_FILE
+    if not overwrite:
+        for path in (weights, config_path, tokenizer_path):
+            if path.exists():
+                raise FileExistsError(f"{path} already exists; export to another folder or pass --overwrite "
+                                      "(overwrite=True) to replace it")
+    params = {key[len("params/"):]: value for key, value in arrays.items() if key.startswith("params/")}
+    del arrays  # optimizer moments are not exported; let them go
+    tensors = {name: np.ascontiguousarray(value) for name, value in to_hf_gpt2(params, model_config).items()}
+    del params
+    hf_config = hf_gpt2_config(model_config)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temporary = out_dir / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
+    try:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})  # transformers refuses files without it
+        _fsync(temporary)
+        os.replace(temporary, weights)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    del tensors
+    written = [weights, Path(write_json_atomically(config_path, hf_config, indent=2))]
+    if metadata.get("tokenizer") is not None:
+        written.append(Path(write_json_atomically(tokenizer_path, metadata["tokenizer"])))
+    elif tokenizer_path.exists():
+        tokenizer_path.unlink()  # only reachable with overwrite=True: the old export's tokenizer
+    return written
+
+
+def _read_json_file(path, what):
+    """The JSON object in ``path``, or an error naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; a Hugging Face GPT-2 folder needs {what}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+# safetensors dtype codes -> NumPy dtypes, for the files safetensors.numpy cannot read (bfloat16).
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+              "U8": "u1", "BOOL": "?"}
+
+
+def _load_safetensors_raw(path):
+    """Read a .safetensors file by hand (8-byte header size, JSON header, raw data), bfloat16
+    becoming float32 (its 16 bits are the top half of a float32). Only for files with bfloat16,
+    which safetensors.numpy refuses."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + size)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        raw = data[begin:end]
+        if info["dtype"] == "BF16":
+            value = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        elif info["dtype"] in _ST_DTYPES:
+            value = np.array(raw.view(_ST_DTYPES[info["dtype"]]))
+        else:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which nanollm cannot import")
+        out[name] = value.reshape(info["shape"])
+    return out
+
+
+def _load_weights(in_dir, load_file):
+    """{HF name: array} from model.safetensors, or from the shards model.safetensors.index.json lists."""
+    weights, index = in_dir / WEIGHTS_FILE, in_dir / SHARD_INDEX_FILE
+    if weights.is_file():
+        files = [weights]
+    elif index.is_file():
+        weight_map = _read_json_file(index, "its shard index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no 'weight_map' object; it is not a safetensors shard index")
+        files = [in_dir / shard for shard in dict.fromkeys(weight_map.values())]
+    else:
+        hint = (" (it holds pytorch_model.bin: re-save it with save_pretrained(dir, safe_serialization=True))"
+                if (in_dir / "pytorch_model.bin").exists() else "")
+        raise FileNotFoundError(f"{weights} does not exist{hint}; import needs the weights as model.safetensors")
+    state = {}
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (listed in {index})")
+        try:
+            state.update(load_file(str(path)))
+        except TypeError as exc:
+            if "bfloat16" not in str(exc):
+                raise
+            state.update(_load_safetensors_raw(path))
+        except Exception as exc:  # safetensors raises its own SafetensorError for a damaged file
+            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+    return state
+
+
+def import_hf_gpt2(in_dir, checkpoint_path, overwrite=False):
+    """Turn a Hugging Face GPT-2 folder (config.json + model.safetensors) into a nanollm checkpoint.
+
+    The model dtype follows the weights: float64 stays float64, float32 stays float32, and
+    float16/bfloat16 weights are converted to float32 (nanollm computes in 32 or 64 bits). A
+    nanollm_tokenizer.json beside them (written by export_hf_gpt2) is saved with the model; HF's
+    own tokenizer files are not read. An existing checkpoint is an error unless overwrite=True.
+    Returns the checkpoint path."""
+    load_file = _safetensors("importing").load_file
+    from nanollm.checkpoint import save_checkpoint
+    from nanollm.tokenizers import tokenizer_from_dict
+
+    in_dir, checkpoint_path = Path(in_dir), Path(checkpoint_path)
+    if not in_dir.is_dir():
+        raise FileNotFoundError(f"{in_dir} is not a folder; give the folder holding config.json and model.safetensors")
+    if checkpoint_path.exists() and not overwrite:
+        raise FileExistsError(f"{checkpoint_path} already exists; choose another path or pass --overwrite "
+                              "(overwrite=True) to replace it")
+    model_config = model_config_from_hf(_read_json_file(in_dir / CONFIG_FILE, "config.json"))
+    tokenizer = None
+    if (in_dir / TOKENIZER_FILE).exists():
+        tokenizer_path = in_dir / TOKENIZER_FILE
+        tokenizer = tokenizer_from_dict(_read_json_file(tokenizer_path, "a tokenizer"), source=str(tokenizer_path))
+        if tokenizer.vocab_size > model_config["vocab_size"]:
+            raise ValueError(f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the model only "
+                             f"{model_config['vocab_size']}; it belongs to another model")
+
+    params = from_hf_gpt2(_load_weights(in_dir, load_file), model_config)  # shapes checked against config.json
+    layers = model_config["num_layers"]
+    missing = [_hf_name(name, layers) for name in _expected_shapes(model_config) if name not in params]
+    if missing:
+        raise ValueError(f"the weights in {in_dir} lack {len(missing)} tensors of a {layers}-layer GPT-2, "
+                         f"e.g. {missing[:3]}; save the whole model")
+    model_config["dtype"] = DTYPES.get(np.dtype(params["wte"].dtype).name, "float32")
+    model = TransformerLanguageModel(**model_config)
+    for name in list(model.params):  # replace the random weights one by one: one copy at a time
+        model.params[name] = np.asarray(params.pop(name), dtype=model_config["dtype"])
+    return Path(save_checkpoint(checkpoint_path, model, step=0, config=None, tokenizer=tokenizer))

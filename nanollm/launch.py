@@ -1,0 +1,207 @@
+"""What `nanollm train` does around train_with_config: pick the data and its tokenizer, build
+(or restore) the model, name the run folder, train, write results.json and print samples.
+
+    launch_training(data=None, preset="nano")            # the embedded corpus, runs/nano
+    launch_training(data="input.txt", preset="small", overrides={"learning_rate": 3e-3}, out="runs/s")
+    launch_training(resume="runs/s")                     # continue where runs/s stopped
+
+A run folder holds the checkpoints, metrics.jsonl, run.json (where the data came from, so
+--resume needs nothing else), results.json and, for a text file, the token files in data/.
+"""
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nanollm.checkpoint import find_checkpoint, read_checkpoint_metadata
+from nanollm.config import DEFAULTS, resolve
+from nanollm.corpus import synthetic_text
+from nanollm.data import load_prepared, prepare
+from nanollm.generate import generate_text
+from nanollm.model import TransformerLanguageModel
+from nanollm.textfiles import write_json_atomically
+from nanollm.tokenizers import CharTokenizer
+from nanollm.train import check_checkpoint_dir, train_with_config
+
+EMBEDDED_CORPUS_CHARS = 500_000  # the synthetic corpus (seed 0) a run without --data trains on
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.json"
+DEFAULT_PRESET = "nano"
+MODEL_ARGUMENTS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads", "max_seq_len",
+                   "dropout", "dtype")
+BPE_VOCAB_SIZE = 4096  # a BPE tokenizer's size when vocab_size is not set
+
+
+def fresh_run_folder(name, root="runs"):
+    """runs/<name>, or runs/<name>-2, -3, ...: the first that does not exist or is empty."""
+    for number in range(1, 10_000):
+        folder = Path(root) / (name if number == 1 else f"{name}-{number}")
+        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+            return folder
+    raise ValueError(f"{root!r} holds 9,999 runs named {name}; pass --out to choose a folder")
+
+
+def embedded_corpus():
+    """The built-in training text: stories, facts, arithmetic and Q/A lines (nanollm.corpus)."""
+    return synthetic_text(EMBEDDED_CORPUS_CHARS, seed=0)
+
+
+def check_data_path(data):
+    """Path(data), or a ValueError when there is nothing there."""
+    path = Path(data)
+    if not path.exists():
+        raise ValueError(f"--data {str(path)!r} does not exist; give a text file, a .jsonl instruction file or a "
+                         "folder written by nanollm prepare")
+    return path
+
+
+def load_data(data, folder, tokenizer_spec, vocab_size, val_fraction, tokenizer=None):
+    """(train, val or None, tokenizer, description) for --data.
+
+    data: None (the embedded corpus, split by val_fraction during training), a folder written
+    by `nanollm prepare`, or a text/JSONL file (prepared into <folder>/data with tokenizer_spec:
+    "char", "bpe" or a tokenizer.json path). tokenizer: a resumed run's, used instead of a new one."""
+    if data is None:
+        text = embedded_corpus()
+        tok = tokenizer if tokenizer is not None else CharTokenizer().build_vocab(text=text)
+        ids = np.asarray(tok.encode(text), dtype=np.int32)
+        return ids, None, tok, f"the embedded corpus ({len(text):,} characters)"
+    path = check_data_path(data)
+    if path.is_dir():
+        prepared = load_prepared(path)
+        return prepared["train"], prepared["val"], prepared["tokenizer"], f"{path} (prepared)"
+    path, prepared_dir = path.resolve(), Path(folder) / "data"
+    if tokenizer is None or not _prepared_from(prepared_dir, path):  # a resumed run reuses its token files
+        spec = tokenizer if tokenizer is not None else tokenizer_spec
+        prepare(path, prepared_dir, tokenizer=spec, vocab_size=vocab_size or BPE_VOCAB_SIZE,
+                val_fraction=val_fraction, overwrite=True)  # data/ belongs to this run: rebuilt, never shared
+    prepared = load_prepared(prepared_dir)
+    return prepared["train"], prepared["val"], prepared["tokenizer"], f"{path} (prepared into {prepared_dir})"
+
+
+def _prepared_from(folder, path):
+    """Whether folder holds token files that prepare wrote from this very file (same size)."""
+    meta = Path(folder) / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        meta = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return meta.get("source") == str(path) and meta.get("source_bytes") == path.stat().st_size
+
+
+def build_model(cfg, vocab_size):
+    """A new model of the config's shape (keys left at None take the model's defaults)."""
+    kwargs = {key: cfg[key] for key in MODEL_ARGUMENTS if cfg[key] is not None}
+    return TransformerLanguageModel(vocab_size=vocab_size, seed=cfg["seed"], **kwargs)
+
+
+def _read_run_file(folder):
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not valid JSON; pass --data again to say what the run trains on") from None
+
+
+def _resolve_resumed(checkpoint, metadata, overrides, sources, out):
+    """The resumed run's config: its checkpoint's, then the file and command-line overrides."""
+    saved = {key: value for key, value in (metadata.get("config") or {}).items() if key in DEFAULTS}
+    layers = [saved, *overrides, {"resume_from": str(checkpoint), "checkpoint_dir": str(out)}]
+    return resolve(*layers, sources=[f"config saved in {checkpoint}", *sources, "--resume"])
+
+
+def launch_training(data=None, preset=None, overrides=(), sources=None, out=None, resume=None,
+                    tokenizer="char", command=None, num_samples=2, echo=print):
+    """Train as `nanollm train` does and return train_with_config's results.
+
+    overrides: config dicts (a config file's, then the command line's), named by sources."""
+    overrides = list(overrides)
+    sources = list(sources) if sources is not None else [f"config {i + 1}" for i in range(len(overrides))]
+    saved_tokenizer, run_record = None, {}
+    if resume is not None:
+        if preset is not None:
+            raise ValueError("--preset applies to new runs; a resumed run keeps its checkpoint's model and config "
+                             "(change training keys with --key=value)")
+        checkpoint = find_checkpoint(resume)
+        metadata = read_checkpoint_metadata(checkpoint)
+        out = Path(out) if out is not None else checkpoint.parent
+        run_record = _read_run_file(checkpoint.parent)
+        cfg = _resolve_resumed(checkpoint, metadata, overrides, sources, out)
+        if data is None:
+            data = run_record.get("data")
+        tokenizer = run_record.get("tokenizer", tokenizer)
+        if metadata.get("tokenizer") is not None:
+            from nanollm.tokenizers import tokenizer_from_dict
+
+            saved_tokenizer = tokenizer_from_dict(metadata["tokenizer"])
+        model = TransformerLanguageModel(**metadata["model_config"])
+    else:
+        preset = preset or DEFAULT_PRESET
+        cfg = resolve(*overrides, preset=preset, sources=sources)
+        if out is None:
+            out = Path(cfg["checkpoint_dir"]) if cfg["checkpoint_dir"] is not None else fresh_run_folder(preset)
+        cfg["checkpoint_dir"] = str(out)
+        check_checkpoint_dir(cfg, resuming_here=False)  # before data/ or run.json touch the folder
+        model = None
+    if data is not None:
+        check_data_path(data)  # before the run folder is created
+    out = Path(out)
+    resuming_here = resume is not None and Path(cfg["resume_from"]).resolve().parent == out.resolve()
+    check_checkpoint_dir(cfg, resuming_here)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; choose a folder")
+    if cfg["overwrite"] and not resuming_here:
+        (out / RESULTS_FILE).unlink(missing_ok=True)  # train_with_config removes the old checkpoints
+    out.mkdir(parents=True, exist_ok=True)
+
+    train, val, tok, description = load_data(data, out, tokenizer, cfg["vocab_size"], cfg["val_fraction"],
+                                             tokenizer=saved_tokenizer)
+    if model is None:
+        model = build_model(cfg, tok.vocab_size)
+    write_json_atomically(out / RUN_FILE, {
+        "data": None if data is None else str(Path(data).resolve()), "tokenizer": tokenizer,
+        "preset": preset or run_record.get("preset"), "command": command}, indent=2)
+
+    echo(f"data: {description}, vocabulary {tok.vocab_size}")
+    echo(f"model: {model.num_layers} layers, {model.num_heads} heads, width {model.embedding_dim}, "
+         f"context {model.max_seq_len}, {model.num_parameters():,} parameters"
+         + (f" (preset {preset})" if preset else ""))
+    echo(f"run folder: {out}" + (f" (resuming {cfg['resume_from']})" if resume is not None else ""))
+    prompt = cfg["sample_prompt"]
+    if resume is None and num_samples:
+        echo(f"sample before training: {_sample(model, tok, prompt, 60, cfg['seed'])!r}")
+    results = train_with_config(model, train, cfg, val_tokens=val, tokenizer=tok)
+    summary = {key: value for key, value in results.items() if key != "history"}
+    write_json_atomically(out / RESULTS_FILE, summary, indent=2)
+
+    if results["stopped_because"]:
+        echo(results["stopped_because"])
+    val_loss = results["final_val_loss"]
+    speed = results["tokens_per_second"]
+    echo(f"done: step {results['steps']}, train loss {results['final_loss']:.4f}"
+         + (f", val loss {val_loss:.4f}" if val_loss is not None else "")
+         + (f", {speed:,.0f} tokens/s" if speed else " (nothing left to train: raise --num_steps to go on)"))
+    for number in range(num_samples):
+        echo(f"--- sample {number + 1} ---")
+        echo(_sample(model, tok, prompt, cfg["sample_length"], cfg["seed"] + number))
+    final = results["checkpoints"]["final"]
+    if final:
+        prompt_option = "" if prompt == "\n" else f" --prompt {shlex.quote(prompt)}"
+        echo(f"--- next ---\nnanollm sample --checkpoint {out}{prompt_option}\n"
+             f"nanollm plot {out}\nnanollm train --resume {out} --num_steps={results['steps'] * 2}")
+    return results
+
+
+def _sample(model, tokenizer, prompt, length, seed):
+    try:
+        return generate_text(model, tokenizer, prompt, length, temperature=0.8, top_k=40, seed=seed)
+    except ValueError as exc:  # a prompt the tokenizer cannot encode: say so, the run itself is fine
+        print(f"(no sample: {exc})", file=sys.stderr)
+        return ""
