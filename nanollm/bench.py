@@ -28,6 +28,7 @@ import numpy as np
 from nanollm import backends
 from nanollm.backends import auto, numpy_ref
 from nanollm.model import TransformerLanguageModel
+from nanollm.model import flops_per_token as model_flops_per_token
 from nanollm.train import train_with_config
 
 # The two configs the kernels issue measures against PyTorch, plus a tiny one for --quick.
@@ -327,7 +328,7 @@ def main(argv=None, args=None):
     for config_name in args.configs:
         cfg = CONFIGS[config_name]
         steps = steps_for(args, config_name)
-        flops_per_token = build_model(cfg).flops_per_token()
+        flops_per_token = model_flops_per_token({k: cfg[k] for k in MODEL_KEYS})  # from the config: no weights
         figures = {name: train_step_timing(name, cfg, steps) for name in args.backends}
         torch_figures = None if args.no_torch else torch_step_timing(cfg, steps)
         if torch_figures is not None:

@@ -75,9 +75,8 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
     numba and cython too (their kernels return outputs of the same shapes and dtypes, and the
     caches hold the same arrays).
     Not counted: the backward's transient buffers (dlogits (B T, V), and on numpy_ref one more
-    (B T, V) temporary for exp(logits - lse); one block's gradients at a time), and a previous
-    step's cache: ``model.forward`` replaces ``model._cache`` only when it returns, so while the
-    next forward runs the old cache is still alive unless the caller drops it.
+    (B T, V) temporary for exp(logits - lse); one block's gradients at a time). A previous
+    step's cache is not alive beside this one: ``model.forward`` drops it first.
     """
     cfg = _complete(model_config)
     t = cfg["max_seq_len"] if seq_len is None else seq_len

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanollm.model import BLOCK_PARAMS, TransformerLanguageModel
+from nanollm.model import BLOCK_PARAMS, TransformerLanguageModel, parameter_shapes
 from nanollm.textfiles import write_json_atomically
 
 WEIGHTS_FILE = "model.safetensors"
@@ -164,18 +164,6 @@ def model_config_from_hf(hf_config):
 
 # --------------------------------------------------------------------------------- names
 
-def _expected_shapes(config):
-    """nanollm name -> shape for a model config (the parameter table, without allocating it)."""
-    c, f, v = config["embedding_dim"], config["ffn_hidden_dim"], config["vocab_size"]
-    block = {"ln1.weight": (c,), "ln1.bias": (c,), "attn.qkv.weight": (c, 3 * c), "attn.qkv.bias": (3 * c,),
-             "attn.proj.weight": (c, c), "attn.proj.bias": (c,), "ln2.weight": (c,), "ln2.bias": (c,),
-             "mlp.fc.weight": (c, f), "mlp.fc.bias": (f,), "mlp.proj.weight": (f, c), "mlp.proj.bias": (c,)}
-    shapes = {"wte": (v, c), "wpe": (config["max_seq_len"], c), "ln_f.weight": (c,), "ln_f.bias": (c,)}
-    for layer in range(config["num_layers"]):
-        shapes.update({f"blocks.{layer}.{suffix}": shape for suffix, shape in block.items()})
-    return shapes
-
-
 def _check_shape(name, value, shapes, source):
     """A ValueError when an array's shape differs from the config's (scalars are not checked)."""
     shape = getattr(value, "shape", None)
@@ -202,7 +190,7 @@ def to_hf_gpt2(arrays, config):
     nanollm's weights). Array shapes are checked against ``config`` (a nanollm model config);
     ``lm_head.weight`` is left out because it is tied to wte."""
     check_gpt2_compatible(config)
-    shapes = _expected_shapes(config) if all(k in config for k in ("embedding_dim", "ffn_hidden_dim",
+    shapes = parameter_shapes(config) if all(k in config for k in ("embedding_dim", "ffn_hidden_dim",
                                                                    "vocab_size", "max_seq_len")) else None
     out = {}
     for name, value in arrays.items():
@@ -235,7 +223,7 @@ def from_hf_gpt2(state_dict, config=None):
     layer count and shapes. An unknown name is a ValueError naming it."""
     if config is not None:
         check_gpt2_compatible(config)
-    shapes = _expected_shapes(config) if config is not None else None
+    shapes = parameter_shapes(config) if config is not None else None
     out, lm_head, origin = {}, None, {}
     for hf, value in state_dict.items():
         bare = hf[len(HF_PREFIX):] if hf.startswith(HF_PREFIX) else hf
@@ -431,13 +419,14 @@ def import_hf_gpt2(in_dir, checkpoint_path, overwrite=False):
     if (in_dir / TOKENIZER_FILE).exists():
         tokenizer_path = in_dir / TOKENIZER_FILE
         tokenizer = tokenizer_from_dict(_read_json_file(tokenizer_path, "a tokenizer"), source=str(tokenizer_path))
-        if tokenizer.vocab_size > model_config["vocab_size"]:
-            raise ValueError(f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the model only "
-                             f"{model_config['vocab_size']}; it belongs to another model")
+        if tokenizer.vocab_size != model_config["vocab_size"]:
+            raise ValueError(f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                             f"{model_config['vocab_size']}; it belongs to another model (remove it to import "
+                             "the weights alone)")
 
     params = from_hf_gpt2(_load_weights(in_dir, load_file), model_config)  # shapes checked against config.json
     layers = model_config["num_layers"]
-    missing = [_hf_name(name, layers) for name in _expected_shapes(model_config) if name not in params]
+    missing = [_hf_name(name, layers) for name in parameter_shapes(model_config) if name not in params]
     if missing:
         raise ValueError(f"the weights in {in_dir} lack {len(missing)} tensors of a {layers}-layer GPT-2, "
                          f"e.g. {missing[:3]}; save the whole model")
