@@ -413,7 +413,8 @@ def main(argv=None):
         print(f"{exc.prog}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"nanollm {command}: interrupted", file=sys.stderr)
+        hint = "; continue from the newest checkpoint with nanollm train --resume RUN_FOLDER" if command == "train" else ""
+        print(f"nanollm {command}: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, OSError, ImportError) as exc:
         if os.environ.get("NANOLLM_DEBUG"):
