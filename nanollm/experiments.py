@@ -17,7 +17,7 @@ Each record keeps the resolved config, and the runner checks that the built mode
 grid value (a context grid whose runs all trained at one length is an error, not a result).
 
 Results are a JSON list per grid, rewritten atomically after every run; a rerun skips the runs
-already there with the same config, so an interrupted grid continues where it stopped.
+already there with the same config and data, so an interrupted grid continues where it stopped.
 """
 
 import itertools
@@ -176,9 +176,9 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
     if seed is not None:
         for _, _, cfg in runs:
             cfg["seed"] = seed
-    done = {(r["experiment_name"], json.dumps(r["config"], sort_keys=True)) for r in records}
+    done = {(r["experiment_name"], r.get("data"), json.dumps(r["config"], sort_keys=True)) for r in records}
     todo = [(name, varied, cfg) for name, varied, cfg in runs
-            if (name, json.dumps(_comparable(cfg), sort_keys=True)) not in done]
+            if (name, description, json.dumps(_comparable(cfg), sort_keys=True)) not in done]
     echo(f"grid {grid['name']}: {len(runs)} runs, {token_budget:,} training tokens each, on {description}; "
          f"{len(runs) - len(todo)} already in {path}")
     started = time.perf_counter()
@@ -192,7 +192,7 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
         model = _build_model(cfg, tokenizer.vocab_size, varied)
         results = train_with_config(model, train_ids, cfg, val_tokens=val_ids)
         record = {
-            "experiment_name": name, "grid": grid["name"], "varied": varied,
+            "experiment_name": name, "grid": grid["name"], "varied": varied, "data": description,
             "num_parameters": model.num_parameters(),
             "training_time_seconds": results["training_time_seconds"],
             "tokens_per_second": results["tokens_per_second"],

@@ -25,6 +25,8 @@ COVERED_ELSEWHERE = {
     "python data/prepare_shakespeare.py": "tests/test_data.py",
     **{f"nanollm {command}": "tests/test_cli.py"
        for command in ("train", "sample", "info", "prepare", "plot", "export", "import")},
+    "nanollm experiments": "tests/test_experiments.py",
+    "python experiments/run_scaling_experiments.py": "tests/test_experiments.py",
 }
 
 
