@@ -148,15 +148,12 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
         if out is None:
             out = Path(cfg["checkpoint_dir"]) if cfg["checkpoint_dir"] is not None else fresh_run_folder(preset)
         cfg["checkpoint_dir"] = str(out)
-        check_checkpoint_dir(cfg, resuming_here=False)  # before data/ or run.json touch the folder
         model = None
     if data is not None:
         check_data_path(data)  # before the run folder is created
     out = Path(out)
     resuming_here = resume is not None and Path(cfg["resume_from"]).resolve().parent == out.resolve()
-    check_checkpoint_dir(cfg, resuming_here)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file; choose a folder")
+    check_checkpoint_dir(cfg, resuming_here)  # before data/ or run.json touch the folder
     if cfg["overwrite"] and not resuming_here:
         (out / RESULTS_FILE).unlink(missing_ok=True)  # train_with_config removes the old checkpoints
     out.mkdir(parents=True, exist_ok=True)
