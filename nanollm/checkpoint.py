@@ -17,6 +17,7 @@ a crash mid-write leaves the previous checkpoint as it was. Loading uses allow_p
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -119,15 +120,27 @@ def read_checkpoint_metadata(path):
         return _metadata(path, archive)
 
 
-def read_checkpoint(path):
-    """(metadata dict, {name: array}) of a checkpoint file, or a ValueError saying what is wrong."""
+def read_checkpoint(path, prefix=""):
+    """(metadata dict, {name: array}) of a checkpoint file, or a ValueError saying what is wrong.
+
+    prefix: read only the arrays whose names start with it ("params/": not the optimizer state)."""
     try:
         with _open(path) as archive:
             metadata = _metadata(path, archive)
-            arrays = {key: archive[key] for key in archive.files if key != METADATA_KEY}
+            arrays = {key: archive[key] for key in archive.files if key != METADATA_KEY and key.startswith(prefix)}
     except (zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{path} is not a readable checkpoint (.npz): {exc}") from None
     return metadata, arrays
+
+
+STEP_CHECKPOINT = re.compile(r"checkpoint_step_(\d+)\.npz$")
+
+
+def step_checkpoints(folder):
+    """The checkpoint_step_<N>.npz files in folder, oldest step first."""
+    found = [(int(match[1]), path) for path in Path(folder).glob("checkpoint_step_*.npz")
+             if (match := STEP_CHECKPOINT.search(path.name))]
+    return [path for _, path in sorted(found)]
 
 
 def find_checkpoint(path):
@@ -141,8 +154,7 @@ def find_checkpoint(path):
                                 "the run folder that holds it")
     if (path / "checkpoint_final.npz").is_file():
         return path / "checkpoint_final.npz"
-    steps = sorted((p for p in path.glob("checkpoint_step_*.npz") if p.stem.rsplit("_", 1)[1].isdigit()),
-                   key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    steps = step_checkpoints(path)
     if steps:
         return steps[-1]
     if (path / "checkpoint_best.npz").is_file():

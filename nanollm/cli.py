@@ -209,8 +209,9 @@ def cmd_info(args):
     else:
         preset = args.preset or "nano"
         cfg = configuration.resolve(*layers, preset=preset, sources=sources)
-        model_config = {key: cfg[key] for key in ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim",
-                                                  "num_heads", "num_kv_heads", "max_seq_len", "dropout", "dtype")}
+        from nanollm.launch import MODEL_ARGUMENTS
+
+        model_config = {key: cfg[key] for key in ("vocab_size", *MODEL_ARGUMENTS)}
         if model_config["vocab_size"] is None:
             model_config["vocab_size"] = INFO_VOCAB_SIZE
         title = f"preset {preset}" + (f" + {', '.join(sources)}" if sources else "")

@@ -12,6 +12,8 @@ the optimizer's state and the activations the forward caches for the backward
 (``activation_terms`` derives them, term by term, from the ops' caches).
 """
 
+import math
+
 from nanollm.model import complete_model_config, flops_per_token, parameter_shapes
 
 INDEX_BYTES = 8  # token ids and positions are int64 (nanollm.data builds int64 batches)
@@ -131,10 +133,7 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
 
     parameters = {}
     for name, shape in parameter_shapes(cfg).items():
-        count = 1
-        for size in shape:
-            count *= size
-        parameters[name] = {"shape": list(shape), "count": count}
+        parameters[name] = {"shape": list(shape), "count": math.prod(shape)}
     total = sum(p["count"] for p in parameters.values())
 
     s = DTYPE_BYTES[dtype]

@@ -31,13 +31,11 @@ import numpy as np
 from nanollm import __version__, backends
 from nanollm.config import PRESETS, load_config_file, resolve
 from nanollm.corpus import synthetic_text
-from nanollm.model import TransformerLanguageModel
+from nanollm.launch import build_model
 from nanollm.textfiles import read_text_file, write_json_atomically
 from nanollm.tokenizers import CharTokenizer
 from nanollm.train import train_with_config
 
-MODEL_KEYS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads", "max_seq_len", "dropout",
-              "dtype")
 # The recipe every built-in grid starts from: nano's shape, one learning rate for every size.
 BASE = dict(embedding_dim=32, num_layers=2, ffn_hidden_dim=64, num_heads=4, max_seq_len=64, batch_size=16,
             learning_rate=2e-3, min_learning_rate=2e-4, lr_schedule="cosine", warmup_steps=20,
@@ -157,8 +155,7 @@ def _comparable(cfg):
 
 
 def _build_model(cfg, vocab_size, varied):
-    model = TransformerLanguageModel(vocab_size=vocab_size, seed=cfg["seed"],
-                                     **{key: cfg[key] for key in MODEL_KEYS if cfg[key] is not None})
+    model = build_model(cfg, vocab_size)
     for key, value in varied.items():  # the grid value must be the model's, not dropped on the way
         if key in model.config and model.config[key] != value:
             raise RuntimeError(f"run asked for {key}={value} but the model was built with {model.config[key]}")

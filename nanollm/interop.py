@@ -286,7 +286,7 @@ def export_hf_gpt2(checkpoint_path, out_dir, overwrite=False):
     save_file = _safetensors("exporting").save_file
     from nanollm.checkpoint import read_checkpoint
 
-    metadata, arrays = read_checkpoint(checkpoint_path)
+    metadata, arrays = read_checkpoint(checkpoint_path, prefix="params/")  # not the optimizer moments
     model_config = metadata["model_config"]
     check_gpt2_compatible(model_config)
     out_dir = Path(out_dir)
@@ -298,8 +298,8 @@ def export_hf_gpt2(checkpoint_path, out_dir, overwrite=False):
             if path.exists():
                 raise FileExistsError(f"{path} already exists; export to another folder or pass --overwrite "
                                       "(overwrite=True) to replace it")
-    params = {key[len("params/"):]: value for key, value in arrays.items() if key.startswith("params/")}
-    del arrays  # optimizer moments are not exported; let them go
+    params = {key[len("params/"):]: value for key, value in arrays.items()}
+    del arrays
     tensors = {name: np.ascontiguousarray(value) for name, value in to_hf_gpt2(params, model_config).items()}
     del params
     hf_config = hf_gpt2_config(model_config)

@@ -20,14 +20,13 @@ with the same parameters, bit for bit, as one that never stopped.
 """
 
 import math
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
 from nanollm import backends
-from nanollm.checkpoint import load_checkpoint, save_checkpoint
+from nanollm.checkpoint import load_checkpoint, save_checkpoint, step_checkpoints
 from nanollm.config import resolve
 from nanollm.data import EpochOrder, TokenDataset, as_dataset, micro_batches, random_starts, require_windows
 from nanollm.generate import generate_text
@@ -37,7 +36,6 @@ from nanollm.optim import OPTIMIZERS, clip_grad_norm, decays, hyperparameters
 from nanollm.schedule import lr_at
 
 MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads")
-STEP_CHECKPOINT = re.compile(r"checkpoint_step_(\d+)\.npz$")
 
 
 def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0):
@@ -224,8 +222,7 @@ class _TrainingRun:
     def save_step_checkpoint(self):
         self.checkpoints["steps"].append(self.save(f"checkpoint_step_{self.step}.npz"))
         keep = self.cfg["keep_last_n"]
-        existing = sorted(self.folder.glob("checkpoint_step_*.npz"),
-                          key=lambda p: int(STEP_CHECKPOINT.search(p.name).group(1)))
+        existing = step_checkpoints(self.folder)
         for old in existing[:-keep] if keep else []:
             old.unlink()
             if str(old) in self.checkpoints["steps"]:
