@@ -109,17 +109,25 @@ def config_layers(args):
     return layers, sources
 
 
-def _normalise_dashes(argv):
-    """--learning-rate=3e-4 -> --learning_rate=3e-4 for config keys (other options keep dashes)."""
+def _normalise_dashes(argv, own_options=()):
+    """--learning-rate=3e-4 -> --learning_rate=3e-4 for config keys; other options, and a
+    subcommand's own dashed options (prepare's --vocab-size), keep their dashes."""
     keys = set(configuration.DEFAULTS) | set(configuration.ALIASES)
     normalised = []
     for arg in argv:
         if arg.startswith("--") and "-" in arg[2:].split("=")[0]:
             name, sep, value = arg[2:].partition("=")
-            if name.replace("-", "_") in keys:
+            if f"--{name}" not in own_options and name.replace("-", "_") in keys:
                 arg = f"--{name.replace('-', '_')}{sep}{value}"
         normalised.append(arg)
     return normalised
+
+
+def _own_options(parser, command):
+    """The option strings the subcommand's parser defines itself."""
+    subcommands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    chosen = subcommands.choices.get(command)
+    return set(chosen._option_string_actions) if chosen is not None else set()
 
 
 # ------------------------------------------------------------------------- subcommands
@@ -435,7 +443,7 @@ def main(argv=None):
     command = argv[0]
     try:
         parser = build_parser()
-        args, extras = parser.parse_known_args(_normalise_dashes(argv))
+        args, extras = parser.parse_known_args(_normalise_dashes(argv, _own_options(parser, command)))
         if extras:
             args.parser.unknown_options(extras)
         command, args.argv = args.command, argv[1:]

@@ -119,6 +119,18 @@ def test_layernorm_and_gelu_match_numpy_ref(backend, shape, dtype, seed):
     assert_matches(backend.gelu_backward(dout, x), numpy_ref.gelu_backward(dout, x), dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_stays_exact_far_into_both_tails(backend, dtype):
+    """Where tanh saturates, GELU is x (or 0) and its slope 1 (or 0); the backward multiplies
+    1 - tanh^2 by a factor growing like x^3, so a tanh a hair short of +-1 shows up as a wrong
+    gradient for large pre-activations (numba's float32 gave 1.0255 at x=100, -25.5 at x=-1000)."""
+    x = np.concatenate([np.linspace(-1000, -5, 401), np.linspace(5, 1000, 401)]).astype(dtype)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(backend.gelu_forward(x), numpy_ref.gelu_forward(x64), rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(backend.gelu_backward(np.ones_like(x), x), numpy_ref.gelu_backward(np.ones_like(x64), x64),
+                               rtol=2e-5, atol=5e-6)
+
+
 @given(rows_and_cols(), dtypes, seeds)
 def test_cross_entropy_and_embedding_backward_match_numpy_ref(backend, shape, dtype, seed):
     rng = np.random.default_rng(seed)

@@ -258,3 +258,12 @@ def test_help_lists_every_option_with_its_default(name, capsys):
         assert "default:" in parser._get_formatter()._expand_help(action), action.option_strings[0]
     if name in ("train", "info"):
         assert all(f"--{key} VALUE" in text for key in DEFAULTS)
+
+
+def test_a_subcommands_own_dashed_option_is_not_taken_for_a_config_key(tmp_path, monkeypatch, capsys):
+    """prepare's --vocab-size must not become --vocab_size (a config key train understands)."""
+    monkeypatch.chdir(tmp_path)
+    Path("in.txt").write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    assert cli.main(["prepare", "in.txt", "out", "--tokenizer", "bpe", "--vocab-size", "270"]) == 0, \
+        capsys.readouterr().err
+    assert json.loads(Path("out/meta.json").read_text())["vocab_size"] <= 270

@@ -9,6 +9,7 @@ from nanollm import backends
 
 def embedding_forward(ids, table):
     """ids (...) int, table (num_embeddings, C) -> out (..., C) = table[ids]."""
+    ids = backends.array_module(table).asarray(ids)  # a list of ids works in the backward too
     out = table[ids]
     cache = (ids, table.shape[0])
     return out, cache
