@@ -42,7 +42,8 @@ setup(
     ext_modules=cython_extensions(),
     install_requires=["numpy>=1.26", "numba>=0.59", "cython>=3.0", "matplotlib>=3.7", "tqdm>=4.60"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "safetensors>=0.4"],
+        # nbclient + ipykernel: tests/test_notebooks.py executes the notebooks in this environment
+        "test": ["pytest>=7", "hypothesis>=6", "safetensors>=0.4", "nbclient>=0.7", "nbformat>=5.7", "ipykernel>=6"],
         "hf": ["safetensors>=0.4"],  # nanollm export / import (Hugging Face GPT-2)
         "gpu": ["cupy-cuda12x"],
     },

@@ -230,17 +230,15 @@ def plot_grid(records, out_dir, grid_name):
     """PNG plots beside the JSON: val loss vs parameters (log-log, fitted power law), val loss vs
     the varied value (context length for the context grid), and every run's loss curve.
     Returns {"plots": [paths], "power_law": (a, b) or None}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's inline backend stays as it is
 
     out_dir = Path(out_dir)
     scored = [r for r in records if r["results"]["final_val_loss"] is not None]
     paths, power_law = [], None
     sizes = [r["num_parameters"] for r in scored]
     losses = [r["results"]["final_val_loss"] for r in scored]
-    figure, axes = plt.subplots(figsize=(6, 4.5))
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.subplots()
     axes.loglog(sizes, losses, "o")
     for r in scored:
         axes.annotate(r["experiment_name"], (r["num_parameters"], r["results"]["final_val_loss"]), fontsize=8)
@@ -254,12 +252,13 @@ def plot_grid(records, out_dir, grid_name):
     axes.set_ylabel("validation loss (nats/token)")
     axes.set_title(f"{grid_name}: loss vs parameters")
     axes.grid(alpha=0.3, which="both")
-    paths.append(_save(figure, out_dir / f"{grid_name}_loss_vs_parameters.png", plt))
+    paths.append(_save(figure, out_dir / f"{grid_name}_loss_vs_parameters.png"))
 
     varied_keys = sorted({key for r in scored for key in r.get("varied", {})})
     key = "max_seq_len" if "max_seq_len" in varied_keys else varied_keys[0] if len(varied_keys) == 1 else None
     if key is not None and all(isinstance(r["varied"].get(key), (int, float)) for r in scored):
-        figure, axes = plt.subplots(figsize=(6, 4.5))
+        figure = Figure(figsize=(6, 4.5))
+        axes = figure.subplots()
         points = sorted((r["varied"][key], r["results"]["final_val_loss"]) for r in scored)
         axes.plot(*zip(*points), "o-")
         axes.set_xscale("log", base=2)
@@ -267,9 +266,10 @@ def plot_grid(records, out_dir, grid_name):
         axes.set_ylabel("validation loss (nats/token)")
         axes.set_title(f"{grid_name}: loss vs {key}")
         axes.grid(alpha=0.3)
-        paths.append(_save(figure, out_dir / f"{grid_name}_loss_vs_{key}.png", plt))
+        paths.append(_save(figure, out_dir / f"{grid_name}_loss_vs_{key}.png"))
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     for r in records:
         tokens_per_step = r["config"]["batch_size"] * r["config"]["max_seq_len"]
         points = [(h["step"] * tokens_per_step, h["loss"]) for h in r["history"] if h["loss"] is not None]
@@ -280,16 +280,15 @@ def plot_grid(records, out_dir, grid_name):
     axes.set_title(f"{grid_name}: loss curves")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
-    paths.append(_save(figure, out_dir / f"{grid_name}_loss_curves.png", plt))
+    paths.append(_save(figure, out_dir / f"{grid_name}_loss_curves.png"))
     return {"plots": paths, "power_law": power_law}
 
 
-def _save(figure, path, plt):
+def _save(figure, path):
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.tmp.png")
     figure.savefig(temporary, dpi=100)
-    plt.close(figure)
     temporary.replace(path)
     return path
 

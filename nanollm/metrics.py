@@ -98,10 +98,7 @@ def plot_metrics(source, path, title=None):
     """Plot loss and val_loss, learning rate and gradient norm against the step into a PNG.
 
     source is a metrics.jsonl path or a list of records (results["history"]). Returns path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch, no open windows
 
     records = read_metrics(source) if isinstance(source, (str, Path)) else list(source)
     if not records:
@@ -111,7 +108,8 @@ def plot_metrics(source, path, title=None):
         points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
         return [p[0] for p in points], [p[1] for p in points]
 
-    figure, (loss_axes, lr_axes, norm_axes) = plt.subplots(1, 3, figsize=(15, 4))
+    figure = Figure(figsize=(15, 4))
+    loss_axes, lr_axes, norm_axes = figure.subplots(1, 3)
     loss_axes.plot(*series("loss"), label="train loss", linewidth=1)
     if series("val_loss")[0]:
         loss_axes.plot(*series("val_loss"), "o-", label="val loss")
@@ -128,5 +126,4 @@ def plot_metrics(source, path, title=None):
         figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path

@@ -320,6 +320,24 @@ def test_plot_metrics_writes_a_png(ids, text_and_tokenizer, tmp_path):
     assert plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "again.png").stat().st_size > 1000
 
 
+def test_plotting_leaves_matplotlibs_backend_alone(tmp_path):
+    """A notebook's inline backend must survive a plot helper (matplotlib.use('Agg') broke it)."""
+    import matplotlib
+
+    from nanollm.experiments import plot_grid
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        plot_metrics([{"step": 1, "loss": 2.0, "lr": 1e-3, "grad_norm": 1.0}], tmp_path / "m.png")
+        record = {"experiment_name": "a", "num_parameters": 10, "results": {"final_val_loss": 1.0}, "varied": {},
+                  "config": {"batch_size": 1, "max_seq_len": 2}, "history": [{"step": 1, "loss": 2.0}]}
+        plot_grid([record], tmp_path, "g")
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)
+
+
 def test_the_nano_llm_script_end_to_end(tmp_path):
     """tokenizer -> model -> train_with_config with checkpoints -> load_checkpoint -> generate_text."""
     tokenizer = CharTokenizer()
