@@ -70,6 +70,7 @@ DEFAULTS = {
     "keep_last_n": 3,             # step checkpoints kept (0: all)
     "save_best": True,            # also keep checkpoint_best.npz at the best val loss
     "resume_from": None,          # checkpoint path to continue from
+    "init_from": None,            # checkpoint or run folder whose weights start a new run (fresh optimizer, step 0)
     # ---- logging and samples ----
     "log_interval": 10,           # steps between log lines
     "sample_interval": 0,         # steps between printed samples (0: none)
@@ -89,7 +90,8 @@ OPTIONAL_TYPES = {
     "eval_steps": int,
     "vocab_size": int, "embedding_dim": int, "num_layers": int, "ffn_hidden_dim": int, "num_heads": int,
     "num_kv_heads": int, "max_seq_len": int, "epochs": int, "decay_steps": int, "patience": int,
-    "checkpoint_dir": str, "resume_from": str, "dropout": float, "dtype": str, "backend": str, "no_decay": list,
+    "checkpoint_dir": str, "resume_from": str, "init_from": str, "dropout": float, "dtype": str, "backend": str,
+    "no_decay": list,
 }
 CHOICES = {"optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
            "backend": backends.names()}

@@ -117,6 +117,34 @@ def _resolve_resumed(checkpoint, metadata, overrides, sources, out):
     return resolve(*layers, sources=[f"config saved in {checkpoint}", *sources, "--resume"])
 
 
+SHAPE_KEYS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads", "max_seq_len")
+
+
+def _fine_tuning_start(cfg, overrides, sources):
+    """--init_from: (model of the checkpoint's shape, its tokenizer). train_with_config loads the
+    weights; the data are encoded with the checkpoint's tokenizer; the preset gives the recipe
+    only, and a shape key given explicitly must agree with the checkpoint."""
+    checkpoint = find_checkpoint(cfg["init_from"])
+    metadata = read_checkpoint_metadata(checkpoint)
+    model_config = metadata["model_config"]
+    for override, source in zip(overrides, sources):
+        for key in SHAPE_KEYS:
+            value = override.get(key)
+            if value is not None and key != "max_seq_len" and value != model_config[key]:
+                raise ValueError(f"{source} sets {key}={value} but --init_from {checkpoint} has {key}="
+                                 f"{model_config[key]}; a fine-tuned model keeps its checkpoint's shape")
+    given = {key: override[key] for override in overrides for key in SHAPE_KEYS if override.get(key) is not None}
+    for key in SHAPE_KEYS:
+        cfg[key] = given.get(key)  # None: the checkpoint's value; max_seq_len may be shorter
+    cfg["init_from"] = str(checkpoint)
+    if metadata.get("tokenizer") is None:
+        raise ValueError(f"--init_from {checkpoint} holds no tokenizer, so the data cannot be encoded as it was "
+                         "trained; fine-tune from a checkpoint written by nanollm train")
+    from nanollm.tokenizers import tokenizer_from_dict
+
+    return TransformerLanguageModel(**model_config), tokenizer_from_dict(metadata["tokenizer"])
+
+
 def launch_training(data=None, preset=None, overrides=(), sources=None, out=None, resume=None,
                     tokenizer="char", command=None, num_samples=2, echo=print):
     """Train as `nanollm train` does and return train_with_config's results.
@@ -149,6 +177,8 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
             out = Path(cfg["checkpoint_dir"]) if cfg["checkpoint_dir"] is not None else fresh_run_folder(preset)
         cfg["checkpoint_dir"] = str(out)
         model = None
+        if cfg["init_from"] is not None:
+            model, saved_tokenizer = _fine_tuning_start(cfg, overrides, sources)
     if data is not None:
         check_data_path(data)  # before the run folder is created
     out = Path(out)
@@ -170,7 +200,8 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
     echo(f"model: {model.num_layers} layers, {model.num_heads} heads, width {model.embedding_dim}, "
          f"context {model.max_seq_len}, {model.num_parameters():,} parameters"
          + (f" (preset {preset})" if preset else ""))
-    echo(f"run folder: {out}" + (f" (resuming {cfg['resume_from']})" if resume is not None else ""))
+    echo(f"run folder: {out}" + (f" (resuming {cfg['resume_from']})" if resume is not None else "")
+         + (f" (weights from {cfg['init_from']})" if resume is None and cfg["init_from"] else ""))
     prompt = cfg["sample_prompt"]
     if resume is None and num_samples:
         echo(f"sample before training: {_sample(model, tok, prompt, 60, cfg['seed'])!r}")

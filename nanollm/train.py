@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from nanollm import backends
-from nanollm.checkpoint import load_checkpoint, save_checkpoint, step_checkpoints
+from nanollm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, step_checkpoints
 from nanollm.config import resolve
 from nanollm.data import EpochOrder, TokenDataset, as_dataset, micro_batches, random_starts, require_windows
 from nanollm.generate import generate_text
@@ -336,6 +336,16 @@ def _finite_or_none(value):
     return value if value is not None and math.isfinite(value) else None
 
 
+def _load_initial_weights(model, init_from, tokenizer):
+    """Fine-tuning: the checkpoint's parameters, and nothing else of its run (the optimizer
+    state, step, schedule and random generators start fresh)."""
+    try:
+        path = find_checkpoint(init_from)
+    except FileNotFoundError as exc:
+        raise ValueError(f"init_from: {exc}") from None
+    load_checkpoint(path, model, tokenizer=tokenizer)  # shapes and tokenizer checked against the model's
+
+
 def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=None, resume_from=None, preset=None):
     """Train ``model`` on ``tokens`` as the config says: a 1-D list/array of token ids, or a
     TokenDataset (a memmapped .bin file; instruction data with its loss mask).
@@ -345,6 +355,7 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
     tokenizer: saved into checkpoints, needed for samples during training; its vocab_size must
     equal the model's.
     resume_from: a checkpoint to continue from (same as cfg["resume_from"]).
+    cfg["init_from"]: a checkpoint (or run folder) whose weights start a new run: fine-tuning.
 
     Returns a dict: final_loss, final_grad_norm, final_val_loss, final_val_perplexity,
     best_val_loss, steps, tokens_seen, tokens_per_second, training_time_seconds, history,
@@ -366,6 +377,8 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
         raise ValueError(f"resume_from={resume!r} does not exist; give the path of a checkpoint_*.npz file")
     resuming_here = (resume is not None and cfg["checkpoint_dir"] is not None
                      and Path(resume).resolve().parent == Path(cfg["checkpoint_dir"]).resolve())
+    if cfg["init_from"] is not None and resume is None:  # a resumed run has its weights already
+        _load_initial_weights(model, cfg["init_from"], tokenizer)
     folder = _prepare_checkpoint_dir(cfg, resuming_here)
 
     previous_backend = backends.current_name()

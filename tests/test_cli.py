@@ -267,3 +267,23 @@ def test_a_subcommands_own_dashed_option_is_not_taken_for_a_config_key(tmp_path,
     assert cli.main(["prepare", "in.txt", "out", "--tokenizer", "bpe", "--vocab-size", "270"]) == 0, \
         capsys.readouterr().err
     assert json.loads(Path("out/meta.json").read_text())["vocab_size"] <= 270
+
+
+def test_init_from_fine_tunes_a_pretrained_run_on_instruction_data(trained):
+    """nanollm train --data answers.jsonl --init-from RUN: the run's shape, weights and tokenizer,
+    a new run folder, a fresh step count; the preset's shape does not apply."""
+    folder, _ = trained
+    lines = [line for line in synthetic_text(4_000, seed=3).splitlines() if line.strip()][:40]
+    records = [{"instruction": "Continue the text.", "input": a, "output": b} for a, b in zip(lines, lines[1:])]
+    (folder / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    done = nanollm("train", "--data", "answers.jsonl", "--init-from", "run", "--out", "tuned", "--num_steps=5",
+                   "--learning_rate=1e-3", "--batch_size=4", "--eval_steps=2", "--num-samples", "0", cwd=folder)
+    assert "weights from run/checkpoint_final.npz" in done.stdout and "width 16" in done.stdout, done.stdout
+    results = json.loads((folder / "tuned" / "results.json").read_text())
+    assert results["steps"] == 5 and results["config"]["init_from"] == "run/checkpoint_final.npz"
+    assert json.loads((folder / "tuned" / "data" / "meta.json").read_text())["instruction_format"] == "alpaca"
+    assert json.loads((folder / "tuned" / "data" / "tokenizer.json").read_text()) == \
+        json.loads((folder / "run" / "data" / "tokenizer.json").read_text())
+    clash = nanollm("train", "--data", "answers.jsonl", "--init-from", "run", "--embedding_dim=32", "--out", "x",
+                    cwd=folder, check=False)
+    assert_one_line_error(clash, "embedding_dim=32", "embedding_dim=16", "keeps its checkpoint's shape")

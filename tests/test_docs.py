@@ -121,3 +121,17 @@ def test_config_reference_rewrites_only_its_block_and_check_fails_when_stale(tmp
     (tmp_path / "none.md").write_text("no markers\n", encoding="utf-8")
     assert main([str(tmp_path / "none.md")]) == 1
     assert "config reference markers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_named_config_files_in_the_docs_are_valid(doc, tmp_path):
+    """The toml blocks the docs name as files: a grid loads and expands, a config resolves."""
+    from nanollm.config import load_config_file, resolve
+    from nanollm.experiments import expand_runs, load_grid
+
+    write_named_config_files(doc, tmp_path)
+    for path in sorted(tmp_path.glob("*.toml")):
+        if "base" in load_config_file(path):
+            assert expand_runs(load_grid(path), source=path), path.name
+        else:
+            resolve(load_config_file(path))

@@ -10,6 +10,7 @@ import pytest
 from nanollm import CharTokenizer, TransformerLanguageModel, generate_text, load_checkpoint, train_with_config
 from nanollm import train as train_module
 from nanollm.data import EpochOrder, windows_at
+from nanollm.checkpoint import read_checkpoint_metadata
 from nanollm.metrics import plot_metrics, read_metrics
 from nanollm.optim import decays
 from nanollm.train import evaluate_loss
@@ -396,3 +397,27 @@ def test_a_terminal_gets_a_progress_bar_and_a_pipe_plain_lines():
     assert b"30/30 [" in terminal and b"step/s" in terminal and b"step 30/30 | loss" in terminal
     piped = subprocess.run([sys.executable, "-c", TINY_RUN], capture_output=True, text=True, check=True)
     assert "step/s" not in piped.stdout + piped.stderr and "step 30/30 | loss" in piped.stdout
+
+
+def test_init_from_starts_a_new_run_from_the_weights_only(ids, text_and_tokenizer, tmp_path):
+    """Fine-tuning: the checkpoint's parameters, a fresh optimizer, step count and schedule."""
+    tokenizer = text_and_tokenizer[1]
+    base = tiny_model(tokenizer.vocab_size, seed=0)
+    train_with_config(base, ids, quiet(num_steps=30, learning_rate=3e-3, checkpoint_dir=str(tmp_path / "base")),
+                      tokenizer=tokenizer)
+    tuned = tiny_model(tokenizer.vocab_size, seed=1)   # other weights, all replaced
+    results = train_with_config(tuned, ids, quiet(num_steps=5, learning_rate=1e-12, weight_decay=0.0,
+                                                  init_from=str(tmp_path / "base"),   # a run folder works
+                                                  checkpoint_dir=str(tmp_path / "tuned")), tokenizer=tokenizer)
+    assert results["steps"] == 5 and results["history"][0]["step"] == 1
+    for name, value in base.params.items():
+        np.testing.assert_allclose(tuned.params[name], value, rtol=1e-6, atol=1e-9, err_msg=name)
+    saved = read_checkpoint_metadata(tmp_path / "tuned" / "checkpoint_final.npz")
+    assert saved["step"] == 5 and saved["optimizer_scalars"]["wte"]["step"] == 5   # Adam's count restarted
+
+    wider = TransformerLanguageModel(tokenizer.vocab_size, embedding_dim=32, num_layers=1, num_heads=2,
+                                     ffn_hidden_dim=32, max_seq_len=16)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        train_with_config(wider, ids, quiet(num_steps=1, init_from=str(tmp_path / "base" / "checkpoint_final.npz")))
+    with pytest.raises(ValueError, match="init_from: checkpoint 'nowhere' does not exist"):
+        train_with_config(tiny_model(tokenizer.vocab_size), ids, quiet(num_steps=1, init_from="nowhere"))
