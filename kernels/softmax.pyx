@@ -64,6 +64,11 @@ cdef _check_same(str what, tuple want, tuple got):
         raise ValueError(f"{what}: expected shape {want}, got {got}")
 
 
+cdef _check_causal(Py_ssize_t tq, Py_ssize_t tk):
+    if tq > tk:
+        raise ValueError(f"causal softmax needs Tq <= Tk (queries are the last Tq of Tk keys), got {tq} > {tk}")
+
+
 # ----------------------------------------------------------------------------- row softmax
 
 
@@ -98,8 +103,7 @@ def causal_softmax_forward(const real[:, :, ::1] scores, double scale, real[:, :
     cdef Py_ssize_t stacks = scores.shape[0], tq = scores.shape[1], tk = scores.shape[2]
     cdef real s = <real>scale
     _check_same("causal_softmax_forward probs", (stacks, tq, tk), (probs.shape[0], probs.shape[1], probs.shape[2]))
-    if tq > tk:
-        raise ValueError(f"causal softmax needs Tq <= Tk (queries are the last Tq of Tk keys), got {tq} > {tk}")
+    _check_causal(tq, tk)
     with nogil:
         for m in range(stacks):
             for i in range(tq):
@@ -119,8 +123,7 @@ def causal_softmax_backward(const real[:, :, ::1] dprobs, const real[:, :, ::1] 
     shape = (stacks, tq, tk)
     _check_same("causal_softmax_backward dprobs", shape, (dprobs.shape[0], dprobs.shape[1], dprobs.shape[2]))
     _check_same("causal_softmax_backward dscores", shape, (dscores.shape[0], dscores.shape[1], dscores.shape[2]))
-    if tq > tk:
-        raise ValueError(f"causal softmax needs Tq <= Tk (queries are the last Tq of Tk keys), got {tq} > {tk}")
+    _check_causal(tq, tk)
     with nogil:
         for m in range(stacks):
             for i in range(tq):

@@ -192,7 +192,8 @@ def load_checkpoint(path, model=None, optimizer_state=None, tokenizer=None):
     optimizer_state, when given, is filled in place (as built by the optimizer's init()).
     A tokenizer, when given, must equal the one saved. Returns a dict: step, loss, config,
     model_config, model, tokenizer (rebuilt from the file, or None), rng_states, extra."""
-    metadata, arrays = read_checkpoint(path)
+    # the optimizer moments (twice the parameters) are read only when they will be used
+    metadata, arrays = read_checkpoint(path, prefix="" if optimizer_state is not None else "params/")
     if model is None:
         model = TransformerLanguageModel(**metadata["model_config"])
     params = {key[len("params/"):]: value for key, value in arrays.items() if key.startswith("params/")}

@@ -23,7 +23,7 @@ from nanollm.data import load_prepared, prepare
 from nanollm.generate import generate_text
 from nanollm.model import TransformerLanguageModel
 from nanollm.textfiles import write_json_atomically
-from nanollm.tokenizers import CharTokenizer
+from nanollm.tokenizers import CharTokenizer, tokenizer_from_dict
 from nanollm.train import check_checkpoint_dir, train_with_config
 
 EMBEDDED_CORPUS_CHARS = 500_000  # the synthetic corpus (seed 0) a run without --data trains on
@@ -117,7 +117,7 @@ def _resolve_resumed(checkpoint, metadata, overrides, sources, out):
     return resolve(*layers, sources=[f"config saved in {checkpoint}", *sources, "--resume"])
 
 
-SHAPE_KEYS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads", "max_seq_len")
+SHAPE_KEYS = tuple(key for key in MODEL_ARGUMENTS if key not in ("dropout", "dtype"))  # what a checkpoint fixes
 
 
 def _fine_tuning_start(cfg, overrides, sources):
@@ -127,21 +127,22 @@ def _fine_tuning_start(cfg, overrides, sources):
     checkpoint = find_checkpoint(cfg["init_from"])
     metadata = read_checkpoint_metadata(checkpoint)
     model_config = metadata["model_config"]
-    for override, source in zip(overrides, sources):
-        for key in SHAPE_KEYS:
-            value = override.get(key)
-            if value is not None and key != "max_seq_len" and value != model_config[key]:
-                raise ValueError(f"{source} sets {key}={value} but --init_from {checkpoint} has {key}="
-                                 f"{model_config[key]}; a fine-tuned model keeps its checkpoint's shape")
-    given = {key: override[key] for override in overrides for key in SHAPE_KEYS if override.get(key) is not None}
-    for key in SHAPE_KEYS:
-        cfg[key] = given.get(key)  # None: the checkpoint's value; max_seq_len may be shorter
-    cfg["init_from"] = str(checkpoint)
     if metadata.get("tokenizer") is None:
         raise ValueError(f"--init_from {checkpoint} holds no tokenizer, so the data cannot be encoded as it was "
                          "trained; fine-tune from a checkpoint written by nanollm train")
-    from nanollm.tokenizers import tokenizer_from_dict
-
+    given = {}  # shape keys set by a config file or the command line, the last one winning
+    for override, source in zip(overrides, sources):
+        for key in SHAPE_KEYS:
+            value = override.get(key)
+            if value is None:
+                continue
+            if key != "max_seq_len" and value != model_config[key]:  # a shorter window is allowed
+                raise ValueError(f"{source} sets {key}={value} but --init_from {checkpoint} has {key}="
+                                 f"{model_config[key]}; a fine-tuned model keeps its checkpoint's shape")
+            given[key] = value
+    for key in SHAPE_KEYS:
+        cfg[key] = given.get(key)  # None: the checkpoint's value
+    cfg["init_from"] = str(checkpoint)
     return TransformerLanguageModel(**model_config), tokenizer_from_dict(metadata["tokenizer"])
 
 
@@ -166,8 +167,6 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
             data = run_record.get("data")
         tokenizer = run_record.get("tokenizer", tokenizer)
         if metadata.get("tokenizer") is not None:
-            from nanollm.tokenizers import tokenizer_from_dict
-
             saved_tokenizer = tokenizer_from_dict(metadata["tokenizer"])
         model = TransformerLanguageModel(**metadata["model_config"])
     else:
