@@ -9,15 +9,17 @@ output array the caller allocates (``nanollm/backends/cython_cpu.py``), in one p
 the GIL.
 
 tanh: float64 calls libc's ``tanh``. float32 uses a clamp and a 13/6 rational polynomial
-(Eigen's ``ptanh_float``, the one numba_cpu uses; NaN in gives NaN out), because the C compiler
-vectorises it and cannot vectorise a call to libc's ``tanhf`` without -ffast-math. Measured on
-(768, 512) float32: libc tanhf 7.7 ms, NumPy 3.1 ms, this 0.6 ms. The price: the rational
-tanh reaches exactly +-1 at |u| = 7.9, where the true 1 - |tanh| is still 2.7e-7, so against
-float64 over x in [-12, 12] GELU is off by at most 1.1e-6 (forward) and 4.2e-6 (backward),
-where NumPy's float32 is off by 0.5e-6 and 1.2e-6.
+(Eigen's ``ptanh_float``, the one numba_cpu uses, in ``fastmath.pxd``; NaN in gives NaN out),
+because the C compiler vectorises it and cannot vectorise a call to libc's ``tanhf`` without
+-ffast-math. Measured on (768, 512) float32: libc tanhf 7.7 ms, NumPy 3.1 ms, this 0.6 ms. The
+price: the rational tanh reaches exactly +-1 at |u| = 7.9, where the true 1 - |tanh| is still
+2.7e-7, so against float64 over x in [-12, 12] GELU is off by at most 1.1e-6 (forward) and
+4.2e-6 (backward), where NumPy's float32 is off by 0.5e-6 and 1.2e-6.
 """
 
 from libc.math cimport tanh
+
+from fastmath cimport tanh_float32
 
 ctypedef fused real:
     float
@@ -27,30 +29,9 @@ cdef double GELU_SCALE = 0.7978845608028654  # sqrt(2 / pi)
 cdef double GELU_CUBIC = 0.044715
 
 
-cdef inline float _tanh_float32(float x) noexcept nogil:
-    """tanh for float32: a clamp and a 13/6 rational polynomial (Eigen's ptanh_float).
-    Every constant is a float, so the whole loop stays in float32 and vectorises."""
-    cdef float clamp = <float>7.90531110763549805  # beyond it tanh(x) rounds to +-1 in float32
-    x = clamp if x > clamp else x  # NaN fails both tests and stays NaN
-    x = -clamp if x < -clamp else x
-    cdef float x2 = x * x
-    cdef float p = <float>-2.76076847742355e-16
-    p = p * x2 + <float>2.00018790482477e-13
-    p = p * x2 + <float>-8.60467152213735e-11
-    p = p * x2 + <float>5.12229709037114e-08
-    p = p * x2 + <float>1.48572235717979e-05
-    p = p * x2 + <float>6.37261928875436e-04
-    p = p * x2 + <float>4.89352455891786e-03
-    cdef float q = <float>1.19825839466702e-06
-    q = q * x2 + <float>1.18534705686654e-04
-    q = q * x2 + <float>2.26843463243900e-03
-    q = q * x2 + <float>4.89352518554385e-03
-    return x * p / q
-
-
 cdef inline real _tanh(real x) noexcept nogil:
     if real is float:
-        return _tanh_float32(x)
+        return tanh_float32(x)
     else:
         return tanh(x)
 

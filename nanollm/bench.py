@@ -12,6 +12,7 @@ Figures are medians over the timed steps. Nothing here asserts a speed; it print
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -33,12 +34,12 @@ from nanollm.train import train_with_config
 
 # The two configs the kernels issue measures against PyTorch, plus a tiny one for --quick.
 CONFIGS = {
-    "nanogpt-cpu": dict(vocab_size=65, embedding_dim=128, num_layers=4, num_heads=4, ffn_hidden_dim=512,
-                        max_seq_len=64, batch_size=12),
-    "bigger": dict(vocab_size=65, embedding_dim=384, num_layers=6, num_heads=6, ffn_hidden_dim=1536,
-                   max_seq_len=256, batch_size=8),
-    "tiny": dict(vocab_size=65, embedding_dim=32, num_layers=2, num_heads=2, ffn_hidden_dim=128,
-                 max_seq_len=16, batch_size=4),
+    "nanogpt-cpu": {"vocab_size": 65, "embedding_dim": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden_dim": 512,
+                    "max_seq_len": 64, "batch_size": 12},
+    "bigger": {"vocab_size": 65, "embedding_dim": 384, "num_layers": 6, "num_heads": 6, "ffn_hidden_dim": 1536,
+               "max_seq_len": 256, "batch_size": 8},
+    "tiny": {"vocab_size": 65, "embedding_dim": 32, "num_layers": 2, "num_heads": 2, "ffn_hidden_dim": 128,
+             "max_seq_len": 16, "batch_size": 4},
 }
 MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "num_heads", "ffn_hidden_dim", "max_seq_len")
 PYTORCH_HINT = "PyTorch not installed (optional: pip install torch==2.13.0)"
@@ -70,7 +71,7 @@ def sgemm_peak(repeat=5):
     best = 0.0
     for m, k, n in ((1024, 1024, 1024), (2048, 384, 1536)):
         a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
-        best = max(best, 2 * m * k * n / median_seconds(lambda: a @ b, repeat) / 1e9)
+        best = max(best, 2 * m * k * n / median_seconds(functools.partial(np.matmul, a, b), repeat) / 1e9)
     return best
 
 
@@ -88,7 +89,7 @@ def primitive_cases(cfg, dtype=np.float32):
         return rng.standard_normal(shape, dtype=np.float64).astype(dtype)
 
     x, w, bias = normal(b, t, c), normal(c), normal(c)
-    out, mean, rstd = numpy_ref.layernorm_forward(x, w, bias, 1e-5)
+    _out, mean, rstd = numpy_ref.layernorm_forward(x, w, bias, 1e-5)
     scores = normal(b, h, t, t)
     probs = numpy_ref.causal_softmax_forward(scores, 0.125)
     rows = normal(n, t)
@@ -96,6 +97,11 @@ def primitive_cases(cfg, dtype=np.float32):
     lse = numpy_ref.cross_entropy_forward(logits, targets, -100)[1]
     hidden = normal(b, t, f)
     weight, grad = normal(c, f), normal(c, f)
+    rms_rstd = numpy_ref.rmsnorm_forward(x, w, 1e-5)[1]
+    hd = c // h  # RoPE: queries (B, H, T, hd), Llama's tables (T, hd/2) at base 10000
+    angles = np.outer(np.arange(t), 10000.0 ** (-np.arange(0, hd, 2) / hd))
+    cos, sin = np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+    gate, up = normal(n, f), normal(n, f)  # SwiGLU: the two (B*T, ffn) projections
     return {
         "matmul": (normal(n, c), normal(c, f)),
         "softmax_forward": (rows,),
@@ -106,6 +112,12 @@ def primitive_cases(cfg, dtype=np.float32):
         "layernorm_backward": (normal(b, t, c), x, w, mean, rstd),
         "gelu_forward": (hidden,),
         "gelu_backward": (normal(b, t, f), hidden),
+        "rmsnorm_forward": (x, w, 1e-5),
+        "rmsnorm_backward": (normal(b, t, c), x, w, rms_rstd),
+        "rope_forward": (normal(b, h, t, hd), cos, sin),
+        "rope_backward": (normal(b, h, t, hd), cos, sin),
+        "swiglu_forward": (gate, up),
+        "swiglu_backward": (normal(n, f), gate, up),
         "cross_entropy_forward": (logits, targets, -100),
         "cross_entropy_backward": (normal(n), logits, targets, lse, -100),
         "embedding_backward": (normal(n, c), rng.integers(0, v, size=n), v),
@@ -123,7 +135,7 @@ def time_primitives(names, cfg, repeat):
         for name in names:
             fn = getattr(backends.get(name), primitive)
             fresh = [a.copy() if isinstance(a, np.ndarray) else a for a in args]  # adamw_step writes in place
-            table[primitive][name] = 1e3 * median_seconds(lambda: fn(*fresh), repeat)
+            table[primitive][name] = 1e3 * median_seconds(functools.partial(fn, *fresh), repeat)
     if "cython" in names:
         blocked = backends.get("cython").blocked_matmul
         table["blocked_matmul (reference)"] = {"cython": 1e3 * median_seconds(lambda: blocked(*cases["matmul"]), repeat)}
@@ -137,14 +149,14 @@ def train_step_timing(backend, cfg, steps, warmup=2):
     """Time train_with_config's own loop: {ms_per_step, tokens_per_second, first_step_seconds}."""
     model = build_model(cfg)
     tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], size=50_000)
-    run_cfg = dict(num_steps=warmup + steps, batch_size=cfg["batch_size"], val_fraction=0.0, eval_interval=0,
-                   log_interval=1, backend=backend, seed=0)
+    run_cfg = {"num_steps": warmup + steps, "batch_size": cfg["batch_size"], "val_fraction": 0.0, "eval_interval": 0,
+               "log_interval": 1, "backend": backend, "seed": 0}
     with contextlib.redirect_stdout(io.StringIO()):
         results = train_with_config(model, tokens, run_cfg)
     per_step = [cfg["batch_size"] * cfg["max_seq_len"] / r["tokens_per_second"] for r in results["history"]]
     seconds = statistics.median(per_step[warmup:] or per_step)
-    return dict(ms_per_step=1e3 * seconds, tokens_per_second=cfg["batch_size"] * cfg["max_seq_len"] / seconds,
-                first_step_seconds=per_step[0])
+    return {"ms_per_step": 1e3 * seconds, "tokens_per_second": cfg["batch_size"] * cfg["max_seq_len"] / seconds,
+            "first_step_seconds": per_step[0]}
 
 
 def torch_step_timing(cfg, steps, warmup=2):
@@ -172,7 +184,7 @@ def torch_step_timing(cfg, steps, warmup=2):
         optimizer.step()
 
     seconds = median_seconds(step, steps, warmup)
-    return dict(ms_per_step=1e3 * seconds, tokens_per_second=b * t / seconds, threads=torch.get_num_threads())
+    return {"ms_per_step": 1e3 * seconds, "tokens_per_second": b * t / seconds, "threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------- threads
@@ -191,7 +203,7 @@ def run_step_subprocess(backend, config_name, steps, env):
     """train_step_timing in a fresh interpreter under ``env``: its figures, or {"error": ...}."""
     command = [sys.executable, "-m", "nanollm.bench", "--step-only", config_name, "--backends", backend,
                "--steps", str(steps), "--warmup", "0"]
-    done = subprocess.run(command, env=dict(os.environ, **env), capture_output=True, text=True)
+    done = subprocess.run(command, env=dict(os.environ, **env), capture_output=True, text=True, check=False)
     return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip()[-300:]}
 
 
@@ -231,7 +243,7 @@ def machine_description():
 def import_seconds():
     """Wall time of `import nanollm` in a fresh interpreter (nothing compiles at import)."""
     code = "import time; t = time.perf_counter(); import nanollm; print(time.perf_counter() - t)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     return float(done.stdout) if done.returncode == 0 else None
 
 

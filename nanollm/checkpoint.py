@@ -13,6 +13,9 @@ Layout of the archive:
 
 The file is written to a temporary name in the same folder, synced, and renamed into place, so
 a crash mid-write leaves the previous checkpoint as it was. Loading uses allow_pickle=False.
+
+LoRA adapters also save alone (``save_adapters`` / ``load_adapters``): lora/<name> arrays and
+metadata naming the base model's config, a file a few percent of the checkpoint's size.
 """
 
 import json
@@ -24,15 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from nanollm import backends
-from nanollm.model import TransformerLanguageModel
+from nanollm.lora import is_adapter
+from nanollm.model import TransformerLanguageModel, complete_model_config
 from nanollm.tokenizers import tokenizer_from_dict
 
 FORMAT_VERSION = 1
 KIND = "nanollm-checkpoint"
+ADAPTERS_KIND = "nanollm-lora-adapters"
 METADATA_KEY = "__metadata__"
 # Model settings that decide the parameter shapes (dropout and dtype do not).
 STRUCTURE_KEYS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads", "max_seq_len",
-                  "architecture")
+                  "architecture", "tie_embeddings", "rope_base")
 
 
 def _to_host(array):
@@ -169,8 +174,9 @@ def _check_parameters(path, model, saved, saved_model_config):
         raise ValueError(f"{path} was trained with a vocabulary of {saved_model_config.get('vocab_size')} tokens "
                          f"but the model has vocab_size={model.vocab_size}; use the checkpoint's tokenizer "
                          "and build the model with its vocab_size")
-    differences = [f"{key}={saved_model_config[key]} (checkpoint) vs {model.config[key]} (model)"
-                   for key in STRUCTURE_KEYS if saved_model_config.get(key) != model.config.get(key)]
+    saved_structure = complete_model_config(saved_model_config)  # a key older files lack takes its default
+    differences = [f"{key}={saved_structure[key]} (checkpoint) vs {model.config[key]} (model)"
+                   for key in STRUCTURE_KEYS if saved_structure[key] != model.config[key]]
     if differences:
         raise ValueError(f"{path} does not fit the model: {', '.join(differences)}; build the model with the "
                          "checkpoint's settings, or call load_checkpoint(path) without a model to build it")
@@ -230,3 +236,53 @@ def load_checkpoint(path, model=None, optimizer_state=None, tokenizer=None):
         "rng_states": metadata["rng_states"], "extra": metadata["extra"],
         "format_version": metadata["format_version"],
     }
+
+
+# --------------------------------------------------------------------------------- LoRA adapters
+
+
+def save_adapters(path, model, tokenizer=None, extra=None):
+    """Write ``model``'s LoRA adapters alone to ``path`` (atomically), with its lora setting and
+    base model config, so load_adapters can check they fit a base model. Returns the path."""
+    if model.lora is None:
+        raise ValueError("the model has no LoRA adapters to save; attach them with model.add_lora(...) "
+                         "(or train with lora_rank > 0)")
+    arrays = {f"lora/{name}": _to_host(p) for name, p in model.params.items() if is_adapter(name)}
+    metadata = {"kind": ADAPTERS_KIND, "format_version": FORMAT_VERSION, "lora": model.lora,
+                "base_model_config": {**model.config, "lora": None},
+                "tokenizer": tokenizer.to_dict() if tokenizer is not None else None, "extra": extra or {}}
+    arrays[METADATA_KEY] = np.array(json.dumps(metadata))
+    return _write_atomically(path, arrays)
+
+
+def load_adapters(path, model):
+    """Load LoRA adapters saved by save_adapters into ``model``, a base model of the same shape
+    (its weights are whatever it was given: the pretrained checkpoint). A model without adapters
+    gets them attached first; one with adapters must have the same lora setting. Returns the
+    metadata dict (lora, base_model_config, tokenizer, extra)."""
+    try:
+        with _open(path) as archive:
+            if METADATA_KEY not in archive.files:
+                raise ValueError(f"{path} is an .npz without nanollm metadata; it was not written by save_adapters")
+            metadata = json.loads(str(archive[METADATA_KEY]))
+            if metadata.get("kind") != ADAPTERS_KIND:
+                raise ValueError(f"{path} is not a LoRA adapter file (kind {metadata.get('kind')!r}); load a "
+                                 "checkpoint with load_checkpoint")
+            arrays = {key[len("lora/"):]: archive[key] for key in archive.files if key.startswith("lora/")}
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable adapter file (.npz): {exc}") from None
+    base = complete_model_config(metadata["base_model_config"])
+    differences = [f"{key}={base[key]} (adapters) vs {model.config[key]} (model)"
+                   for key in ("vocab_size", *STRUCTURE_KEYS) if base[key] != model.config[key]]
+    if differences:
+        raise ValueError(f"{path} was trained on a different base model: {', '.join(differences)}; load it into "
+                         "a model built from the base checkpoint it was fine-tuned from")
+    if model.lora is None:
+        model.add_lora(**metadata["lora"])
+    elif model.lora != metadata["lora"]:
+        raise ValueError(f"{path} holds adapters {metadata['lora']} but the model has {model.lora}; load them into "
+                         "a model without adapters")
+    xp = backends.array_module(model.params["wte"])
+    for name in model.trainable:
+        model.params[name] = xp.asarray(arrays[name], dtype=model.params[name].dtype)
+    return metadata

@@ -18,8 +18,9 @@ import tomllib
 from pathlib import Path
 
 from nanollm import backends
-from nanollm.model import check_head_counts
-from nanollm.optim import OPTIMIZERS
+from nanollm.lora import TARGETS as LORA_TARGETS
+from nanollm.model import ARCHITECTURES, check_head_counts
+from nanollm.optim import MUON_ADJUST_LR, OPTIMIZERS
 from nanollm.schedule import SCHEDULES
 
 DEFAULTS = {
@@ -30,6 +31,9 @@ DEFAULTS = {
     "ffn_hidden_dim": None,       # hidden width of the MLP (GPT-2: 4 * embedding_dim)
     "num_heads": None,            # attention heads
     "num_kv_heads": None,         # key/value heads (< num_heads: grouped-query attention)
+    "architecture": None,         # gpt2 (layernorm, learned positions, GELU) or llama (RMSNorm, RoPE, SwiGLU); None: gpt2
+    "tie_embeddings": None,       # output layer shares wte (true) or has its own lm_head (false); None: true
+    "rope_base": None,            # llama: base of the rotary angles (None: 10000)
     "max_seq_len": None,          # context length T of a training window (None: the model's)
     "dropout": None,              # dropout probability in training (None: the model's; 0: off)
     # ---- data ----
@@ -40,13 +44,18 @@ DEFAULTS = {
     "num_steps": 1000,            # optimizer steps (alias max_steps); ignored when epochs is set
     "epochs": None,               # passes over the data in shuffled windows instead of num_steps
     # ---- optimizer ----
-    "optimizer": "adamw",         # sgd, adam, adamw or lion
+    "optimizer": "adamw",         # sgd, adam, adamw, lion or muon (Muon on the hidden 2-D weights, AdamW on the rest)
     "learning_rate": 1e-3,        # peak learning rate
-    "betas": (0.9, 0.99),         # Adam/AdamW/Lion moment decay rates (beta1, beta2)
+    "betas": (0.9, 0.99),         # Adam/AdamW/Lion moment decay rates (beta1, beta2); muon: of its AdamW part
     "eps": 1e-8,                  # Adam/AdamW denominator guard
     "momentum": 0.0,              # SGD momentum
     "nesterov": False,            # SGD: Nesterov momentum
-    "weight_decay": 0.1,          # decoupled (AdamW, Lion) or L2 (SGD, Adam) weight decay
+    "muon_learning_rate": 0.02,   # muon: peak learning rate of the Muon matrices (the schedule scales it with learning_rate)
+    "muon_momentum": 0.95,        # muon: momentum of the Muon matrices (an average of gradients)
+    "muon_nesterov": True,        # muon: Nesterov momentum
+    "muon_ns_steps": 5,           # muon: Newton-Schulz iterations that orthogonalise each update
+    "muon_adjust_lr": "original", # muon: lr shape factor, original sqrt(max(1, fan_out/fan_in)), match_rms_adamw 0.2 sqrt(max(fan_in, fan_out))
+    "weight_decay": 0.1,          # decoupled (AdamW, Lion, Muon) or L2 (SGD, Adam) weight decay
     "no_decay": None,             # name patterns (fnmatch) spared from decay (None: biases and norm gains)
     "grad_accum_steps": 1,        # micro-batches averaged into one optimizer step
     "max_grad_norm": 1.0,         # clip the global gradient norm to this (0: no clipping)
@@ -71,6 +80,11 @@ DEFAULTS = {
     "save_best": True,            # also keep checkpoint_best.npz at the best val loss
     "resume_from": None,          # checkpoint path to continue from
     "init_from": None,            # checkpoint or run folder whose weights start a new run (fresh optimizer, step 0)
+    # ---- LoRA fine-tuning (see nanollm.lora) ----
+    "lora_rank": 0,               # rank of LoRA adapters on the base weights, which stay frozen (0: no LoRA, all train)
+    "lora_alpha": 16.0,           # the adapters' output is scaled by lora_alpha / lora_rank
+    "lora_dropout": 0.0,          # dropout on the adapters' input, in training
+    "lora_targets": ["q", "v"],   # matrices that get adapters: any of q, k, v, o (attention) and mlp (all MLP matrices)
     # ---- logging and samples ----
     "log_interval": 10,           # steps between log lines
     "sample_interval": 0,         # steps between printed samples (0: none)
@@ -91,16 +105,16 @@ OPTIONAL_TYPES = {
     "vocab_size": int, "embedding_dim": int, "num_layers": int, "ffn_hidden_dim": int, "num_heads": int,
     "num_kv_heads": int, "max_seq_len": int, "epochs": int, "decay_steps": int, "patience": int,
     "checkpoint_dir": str, "resume_from": str, "init_from": str, "dropout": float, "dtype": str, "backend": str,
-    "no_decay": list,
+    "no_decay": list, "architecture": str, "tie_embeddings": bool, "rope_base": float,
 }
-CHOICES = {"optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
-           "backend": backends.names()}
+CHOICES = {"architecture": ARCHITECTURES, "optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
+           "backend": backends.names(), "muon_adjust_lr": MUON_ADJUST_LR}
 POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size", "sample_length",
             "vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
-            "max_seq_len", "epochs", "patience", "eps")
-UNIT_INTERVAL = ("dropout", "val_fraction")  # in [0, 1)
+            "max_seq_len", "epochs", "patience", "eps", "rope_base", "lora_alpha", "muon_learning_rate", "muon_ns_steps")
+UNIT_INTERVAL = ("dropout", "lora_dropout", "val_fraction", "muon_momentum")  # in [0, 1)
 NON_NEGATIVE = ("weight_decay", "max_grad_norm", "warmup_steps", "decay_steps", "min_learning_rate", "momentum",
-                "eval_interval", "checkpoint_interval", "keep_last_n", "log_interval", "sample_interval",
+                "eval_interval", "checkpoint_interval", "lora_rank", "keep_last_n", "log_interval", "sample_interval",
                 "min_delta", "seed", "gamma", "power")
 
 PRESETS = {
@@ -181,6 +195,9 @@ def _check_value(key, value, source):
         raise ValueError(f"{source}: {key} must be finite, got {value!r}")
     if key in UNIT_INTERVAL and not 0.0 <= value < 1.0:
         raise ValueError(f"{source}: {key} must be in [0, 1), got {value!r}")
+    if key == "lora_targets" and (not value or any(t not in LORA_TARGETS for t in value)):
+        raise ValueError(f"{source}: lora_targets must be a non-empty list of {', '.join(LORA_TARGETS)}, got "
+                         f"{list(value)}")
     if key == "betas" and not all(0.0 <= b < 1.0 for b in value):
         raise ValueError(f"{source}: betas must both be in [0, 1), got {list(value)}")
 

@@ -15,13 +15,16 @@ the optimizer's state and the activations the forward caches for the backward
 import math
 
 from nanollm.model import complete_model_config, flops_per_token, parameter_shapes
+from nanollm.optim import uses_muon
 
 INDEX_BYTES = 8  # token ids and positions are int64 (nanollm.data builds int64 batches)
 DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 # Arrays the optimizer keeps per parameter element (nanollm.optim): Adam and AdamW keep m and v,
-# Lion keeps m, SGD keeps a momentum buffer only when momentum > 0 (created at the first step).
-OPTIMIZER_STATE = {"adam": ("m", "v"), "adamw": ("m", "v"), "lion": ("m",), "sgd": ("momentum_buffer",)}
+# Lion keeps m, SGD keeps a momentum buffer only when momentum > 0 (created at the first step),
+# Muon a momentum buffer on the matrices it updates (AdamW's m and v on the other parameters).
+OPTIMIZER_STATE = {"adam": ("m", "v"), "adamw": ("m", "v"), "lion": ("m",), "sgd": ("momentum_buffer",),
+                   "muon": ("momentum_buffer",)}
 
 
 def _complete(model_config):
@@ -30,12 +33,16 @@ def _complete(model_config):
     return complete_model_config({key: value for key, value in model_config.items() if value is not None})
 
 
-def optimizer_state_per_element(optimizer, momentum=0.0):
-    """Parameter-sized arrays the optimizer keeps: adam/adamw 2, lion 1, sgd 1 with momentum else 0."""
+def optimizer_state_per_element(optimizer, momentum=0.0, name=None, shape=None):
+    """Parameter-sized arrays the optimizer keeps: adam/adamw 2, lion 1, sgd 1 with momentum else 0,
+    muon 1 on the matrices it updates and 2 (AdamW's) on the parameter ``name`` of ``shape`` otherwise
+    (without a name: the Muon matrices' 1)."""
     if optimizer not in OPTIMIZER_STATE:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_STATE)}")
     if optimizer == "sgd" and not momentum:
         return 0
+    if optimizer == "muon" and name is not None and not uses_muon(name, shape):
+        return len(OPTIMIZER_STATE["adamw"])
     return len(OPTIMIZER_STATE[optimizer])
 
 
@@ -69,6 +76,16 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
         logits            logits (B T, V) (the cross-entropy's logits2d is a view of
                           them) and the cross-entropy's logsumexp (B T,)                s N (V + 1)
 
+    Llama (architecture="llama") caches, per block, RMSNorm inputs with rstd only (no mean),
+    the rotated queries and keys (new arrays: s N (C + H_kv hd)) beside the qkv output, and
+    SwiGLU's gate, up and gated outputs (three of (B, T, F)); no positions, but the rotary
+    cos and sin rows of the T positions (shared by every layer):
+
+        token_ids         idx, targets (B, T) int64                                     i 2N
+        rope_tables       cos, sin (T, hd / 2)                                          s T hd
+        per block                                        s N (6C + Q + H_kv hd + 3F + 2 + 2 d C)
+        final_rmsnorm     x (B, T, C), rstd (B, T); its output = the head's input       s N (2C + 1)
+
     The logits dominate small models with big vocabularies; the attention probabilities grow
     with T^2. GPT-2 small at B=12, T=1024 in float32 keeps 15.9 GiB: 2.3 GiB of logits, 6.8 GiB
     of attention probabilities, 6.8 GiB for the rest of the blocks.
@@ -87,6 +104,17 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
     heads, kv_heads = cfg["num_heads"], cfg["num_kv_heads"]
     q = (heads + 2 * kv_heads) * (c // heads)
     n, d = b * t, 1 if cfg["dropout"] > 0 else 0
+    if cfg["architecture"] == "llama":
+        kv_width = kv_heads * (c // heads)
+        return {
+            "token_ids": INDEX_BYTES * 2 * n,
+            "rope_tables": s * t * (c // heads),
+            "embedding": s * d * n * c,
+            "blocks": layers * s * n * (6 * c + q + kv_width + 3 * f + 2 + 2 * d * c),
+            "attention_probs": layers * s * b * heads * t * t * (1 + 2 * d),
+            "final_rmsnorm": s * n * (2 * c + 1),
+            "logits": s * n * (v + 1),
+        }
     return {
         "token_ids": INDEX_BYTES * (2 * n + t),
         "embedding": s * d * n * c,
@@ -107,8 +135,8 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
     and activations (default the config's); grad_accum_steps: micro-batches per optimizer step.
 
     Keys: the completed model config ("architecture", "vocab_size", ...), "head_dim",
-    "parameters" {name: {"shape": [...], "count": n}} in forward order, "total_parameters" (the
-    output layer is tied to wte and counted once, as wte), "flops_per_token" {"forward",
+    "parameters" {name: {"shape": [...], "count": n}} in forward order, "total_parameters" (a tied
+    output layer is wte and counted once), "flops_per_token" {"forward",
     "training"} at seq_len, "tokens_per_step" (batch_size * seq_len * grad_accum_steps),
     "flops_per_step" (training FLOPs of one optimizer step, all its micro-batches), "assumptions"
     {batch_size, seq_len, dtype, optimizer, momentum, grad_accum_steps}, "memory_bytes"
@@ -117,7 +145,7 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
 
     Gradients are one parameter-sized set, two with grad_accum_steps > 1 (the running sum and
     the micro-batch's own, nanollm.train); the optimizer state is
-    ``optimizer_state_per_element`` parameter-sized arrays, in dtype.
+    ``optimizer_state_per_element`` parameter-sized arrays per parameter, in dtype.
     """
     cfg = _complete(model_config)
     t = cfg["max_seq_len"] if seq_len is None else seq_len
@@ -129,11 +157,12 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
         raise ValueError(f"seq_len={t} exceeds the model's max_seq_len={cfg['max_seq_len']}")
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {tuple(DTYPE_BYTES)}")
-    state_arrays = optimizer_state_per_element(optimizer, momentum)
+    optimizer_state_per_element(optimizer, momentum)  # an unknown optimizer is an error before anything else
 
-    parameters = {}
+    parameters, state_elements = {}, 0
     for name, shape in parameter_shapes(cfg).items():
         parameters[name] = {"shape": list(shape), "count": math.prod(shape)}
+        state_elements += math.prod(shape) * optimizer_state_per_element(optimizer, momentum, name, shape)
     total = sum(p["count"] for p in parameters.values())
 
     s = DTYPE_BYTES[dtype]
@@ -141,7 +170,7 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
     memory = {
         "parameters": total * s,
         "gradients": total * s * (2 if grad_accum_steps > 1 else 1),
-        "optimizer_state": total * s * state_arrays,
+        "optimizer_state": state_elements * s,
         "activations": sum(activations.values()),
     }
     memory["total"] = sum(memory.values())
@@ -189,11 +218,12 @@ def _parameter_rows(description):
                 rows.append((name, str(tuple(p["shape"])), p["count"]))
                 per_block += p["count"]
             continue
-        if name == "ln_f.weight" and layers > 1:
+        if name in ("ln_f.weight", "norm_f.weight") and layers > 1:
             rows += [("  per block", None, per_block),
                      (f"  x {layers} blocks (blocks.0 .. blocks.{layers - 1})", None, layers * per_block)]
         rows.append((name, str(tuple(p["shape"])), p["count"]))
-    rows.append(("total (output layer tied to wte)", None, description["total_parameters"]))
+    tied = "tied to wte" if description["tie_embeddings"] else "lm_head.weight"
+    rows.append((f"total (output layer {tied})", None, description["total_parameters"]))
     return rows
 
 
@@ -229,6 +259,8 @@ def format_description(description):
 
     momentum = f", momentum {a['momentum']:g}" if a["optimizer"] == "sgd" else ""
     state = optimizer_state_per_element(a["optimizer"], a["momentum"])
+    per_parameter = (f"{state} value{'s' if state != 1 else ''} per parameter" if a["optimizer"] != "muon" else
+                     "1 value per Muon matrix parameter, 2 per AdamW one")
     acts = d["activation_bytes"]
     grads_note = " (running sum + micro-batch)" if a["grad_accum_steps"] > 1 else ""
     micro = f"{a['grad_accum_steps']} micro-batch{'es' if a['grad_accum_steps'] > 1 else ''} per step"
@@ -238,10 +270,10 @@ def format_description(description):
               f"  parameters       {format_bytes(memory['parameters']):>12}",
               f"  gradients        {format_bytes(memory['gradients']):>12}{grads_note}",
               f"  optimizer state  {format_bytes(memory['optimizer_state']):>12} "
-              f"({state} value{'s' if state != 1 else ''} per parameter)",
+              f"({per_parameter})",
               f"  activations      {format_bytes(memory['activations']):>12} "
               f"(logits {format_bytes(acts['logits'])}, attention probs {format_bytes(acts['attention_probs'])}, "
-              f"other layers {format_bytes(acts['blocks'] + acts['embedding'] + acts['final_layernorm'])})",
+              f"other layers {format_bytes(memory['activations'] - acts['logits'] - acts['attention_probs'])})",
               f"  total            {format_bytes(memory['total']):>12}",
               "  (the forward's caches for one micro-batch; the backward briefly adds dlogits and one "
               "block's gradients)"]

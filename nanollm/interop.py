@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from nanollm.model import BLOCK_PARAMS, TransformerLanguageModel, parameter_shapes
+from nanollm.ops.rope import ROPE_BASE
 from nanollm.textfiles import write_json_atomically
 
 WEIGHTS_FILE = "model.safetensors"
@@ -87,6 +88,12 @@ def check_gpt2_compatible(config):
     if architecture != "gpt2":
         raise ValueError(f"architecture={architecture!r} cannot be exported as GPT-2; only architecture='gpt2' "
                          "models map onto GPT2LMHeadModel")
+    if config.get("lora") is not None:
+        raise ValueError("the model has LoRA adapters, which GPT-2 has no place for; merge them into the weights "
+                         "first (model.merge_lora()) and export the merged model")
+    if config.get("tie_embeddings", True) is not True:
+        raise ValueError("tie_embeddings=False (an output layer of its own) is not exported: nanollm's GPT-2 "
+                         "export writes the tied layout; train with tie_embeddings=true to export")
     heads, kv_heads = config.get("num_heads"), config.get("num_kv_heads")
     if kv_heads is not None and kv_heads != heads:
         raise ValueError(f"num_kv_heads={kv_heads} != num_heads={heads} (grouped-query attention) cannot be "
@@ -159,7 +166,8 @@ def model_config_from_hf(hf_config):
     return dict(vocab_size=int(h["vocab_size"]), embedding_dim=int(h["n_embd"]), num_layers=int(h["n_layer"]),
                 ffn_hidden_dim=int(4 * h["n_embd"] if n_inner is None else n_inner),
                 num_heads=int(h["n_head"]), num_kv_heads=int(h["n_head"]), max_seq_len=int(h["n_positions"]),
-                dropout=float(h["resid_pdrop"]), architecture="gpt2", dtype=DTYPES[dtype])
+                dropout=float(h["resid_pdrop"]), architecture="gpt2", tie_embeddings=True, rope_base=ROPE_BASE,
+                dtype=DTYPES[dtype], lora=None)
 
 
 # --------------------------------------------------------------------------------- names

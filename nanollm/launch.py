@@ -21,7 +21,8 @@ from nanollm.config import DEFAULTS, resolve
 from nanollm.corpus import synthetic_text
 from nanollm.data import load_prepared, prepare
 from nanollm.generate import generate_text
-from nanollm.model import TransformerLanguageModel
+from nanollm.lora import adapter_parameter_count, check_lora_config
+from nanollm.model import TransformerLanguageModel, complete_model_config
 from nanollm.textfiles import write_json_atomically
 from nanollm.tokenizers import CharTokenizer, tokenizer_from_dict
 from nanollm.train import check_checkpoint_dir, train_with_config
@@ -31,7 +32,7 @@ RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 DEFAULT_PRESET = "nano"
 MODEL_ARGUMENTS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads", "max_seq_len",
-                   "dropout", "dtype")
+                   "architecture", "tie_embeddings", "rope_base", "dropout", "dtype")
 BPE_VOCAB_SIZE = 4096  # a BPE tokenizer's size when vocab_size is not set
 
 
@@ -126,7 +127,7 @@ def _fine_tuning_start(cfg, overrides, sources):
     only, and a shape key given explicitly must agree with the checkpoint."""
     checkpoint = find_checkpoint(cfg["init_from"])
     metadata = read_checkpoint_metadata(checkpoint)
-    model_config = metadata["model_config"]
+    model_config = complete_model_config(metadata["model_config"])  # keys older checkpoints lack: defaults
     if metadata.get("tokenizer") is None:
         raise ValueError(f"--init_from {checkpoint} holds no tokenizer, so the data cannot be encoded as it was "
                          "trained; fine-tune from a checkpoint written by nanollm train")
@@ -196,9 +197,15 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
         "preset": preset or run_record.get("preset"), "command": command}, indent=2)
 
     echo(f"data: {description}, vocabulary {tok.vocab_size}")
-    echo(f"model: {model.num_layers} layers, {model.num_heads} heads, width {model.embedding_dim}, "
-         f"context {model.max_seq_len}, {model.num_parameters():,} parameters"
+    echo(f"model: {model.architecture}, {model.num_layers} layers, {model.num_heads} heads, width "
+         f"{model.embedding_dim}, context {model.max_seq_len}, {model.num_parameters():,} parameters"
          + (f" (preset {preset})" if preset else ""))
+    if cfg["lora_rank"] and model.lora is None:
+        lora = check_lora_config({"rank": cfg["lora_rank"], "alpha": cfg["lora_alpha"], "dropout": cfg["lora_dropout"],
+                                  "targets": cfg["lora_targets"]})
+        count = adapter_parameter_count({**model.config, "lora": lora})
+        echo(f"lora: rank {lora['rank']} on {', '.join(lora['targets'])}: {count:,} trainable parameters "
+             f"({count / model.num_parameters():.1%} of the model's), every other weight frozen")
     echo(f"run folder: {out}" + (f" (resuming {cfg['resume_from']})" if resume is not None else "")
          + (f" (weights from {cfg['init_from']})" if resume is None and cfg["init_from"] else ""))
     prompt = cfg["sample_prompt"]

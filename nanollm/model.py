@@ -1,9 +1,14 @@
-"""The GPT-2-style decoder: a parameter table, forward(), and backward() as forward in reverse.
+"""The decoder, GPT-2 or Llama style: a parameter table, forward(), and backward() as forward
+in reverse.
 
-    tokens (B, T) -> wte[tokens] + wpe[0..T) -> dropout
-      -> L x [ x + dropout(proj(attention(qkv(layernorm(x)))))
-               x + dropout(mlp(layernorm(x))) ]
-      -> layernorm -> logits = x @ wte.T (output layer tied to the token embedding)
+    gpt2:  tokens (B, T) -> wte[tokens] + wpe[0..T) -> dropout
+             -> L x [ x + dropout(proj(attention(qkv(layernorm(x)))))
+                      x + dropout(mlp_gelu(layernorm(x))) ]
+             -> layernorm -> logits = x @ wte.T (or x @ lm_head, untied)
+    llama: tokens (B, T) -> wte[tokens]
+             -> L x [ x + dropout(proj(attention(rope(q, k), qkv(rmsnorm(x)))))
+                      x + dropout(mlp_swiglu(rmsnorm(x))) ]
+             -> rmsnorm -> logits = x @ wte.T (or x @ lm_head, untied); no biases anywhere
 
 Every step calls an op from ``nanollm.ops``; ``backward`` calls the same ops' backward
 functions in exactly the reverse order, so the two read as mirror images.
@@ -16,6 +21,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from nanollm import backends
+from nanollm.lora import (
+    adapter_layout, adapter_names, adapter_shapes, check_lora_config, init_adapter, is_adapter, lora_scale,
+)
 from nanollm.ops import (
     attention_backward, attention_forward,
     cross_entropy_backward, cross_entropy_forward,
@@ -23,12 +31,16 @@ from nanollm.ops import (
     embedding_backward, embedding_forward,
     layernorm_backward, layernorm_forward,
     linear_backward, linear_forward,
-    mlp_backward, mlp_forward,
     residual_backward, residual_forward,
 )
 from nanollm.ops.cross_entropy import IGNORE_INDEX
+from nanollm.ops.gelu import gelu_backward, gelu_forward
+from nanollm.ops.lora import lora_backward, lora_forward
+from nanollm.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from nanollm.ops.rope import ROPE_BASE, rope_tables
+from nanollm.ops.swiglu import swiglu_backward, swiglu_forward
 
-ARCHITECTURES = ("gpt2",)
+ARCHITECTURES = ("gpt2", "llama")
 DTYPES = ("float32", "float64")
 INIT_STD = 0.02  # GPT-2's normal(0, 0.02) initialisation
 
@@ -39,7 +51,29 @@ BLOCK_PARAMS = (
     "ln2.weight", "ln2.bias",
     "mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight", "mlp.proj.bias",
 )
-RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.proj.weight")  # init std scaled by 1/sqrt(2 L)
+LLAMA_BLOCK_PARAMS = (
+    "norm1.weight",
+    "attn.qkv.weight", "attn.proj.weight",
+    "norm2.weight",
+    "mlp.gate.weight", "mlp.up.weight", "mlp.down.weight",
+)
+# Layers that write into the residual stream: init std scaled by 1/sqrt(2 L) (GPT-2).
+RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.proj.weight", "mlp.down.weight")
+NORM_NAMES = {"gpt2": ("ln1", "ln2", "ln_f"), "llama": ("norm1", "norm2", "norm_f")}  # layernorm / RMSNorm
+NORM_GAINS = tuple(f"{prefix}.weight" for names in NORM_NAMES.values() for prefix in names)
+
+
+def block_params(architecture):
+    """The suffixes of one block's parameters for an architecture, in forward order."""
+    return LLAMA_BLOCK_PARAMS if architecture == "llama" else BLOCK_PARAMS
+
+
+def default_ffn_hidden_dim(embedding_dim, architecture):
+    """GPT-2: 4 C. Llama: 8C/3 rounded up to a multiple of 8, so that SwiGLU's three matrices
+    hold GPT-2's 8 C^2 parameters (Llama rounds to 256 at its sizes)."""
+    if architecture == "llama":
+        return 8 * math.ceil(embedding_dim / 3)  # = 8C/3 rounded up to a multiple of 8
+    return 4 * embedding_dim
 
 
 def _require_int(name, value, minimum=1):
@@ -63,13 +97,14 @@ def check_head_counts(embedding_dim, num_heads, num_kv_heads):
 # ``nanollm.estimate`` can describe a GPT-2-sized model without allocating its weights.
 
 MODEL_CONFIG_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads",
-                     "num_kv_heads", "max_seq_len", "dropout", "architecture", "dtype")
+                     "num_kv_heads", "max_seq_len", "dropout", "architecture", "tie_embeddings", "rope_base",
+                     "dtype", "lora")
 
 
 def complete_model_config(config):
     """A model-config dict (``model.config``) completed and validated exactly as
     ``TransformerLanguageModel(**config)`` does: a missing key takes the constructor's default,
-    ffn_hidden_dim None means 4 * embedding_dim and num_kv_heads None means num_heads (any other
+    ffn_hidden_dim None means default_ffn_hidden_dim() and num_kv_heads None means num_heads (any other
     None is an error, as in the constructor: drop a resolved training config's None keys first).
     vocab_size is required. Returns a new plain dict with every key of MODEL_CONFIG_KEYS."""
     unknown = [key for key in config if key not in MODEL_CONFIG_KEYS]
@@ -82,7 +117,7 @@ def complete_model_config(config):
                 if name in MODEL_CONFIG_KEYS}
     cfg = {key: config.get(key, defaults.get(key)) for key in MODEL_CONFIG_KEYS}
     if cfg["ffn_hidden_dim"] is None and isinstance(cfg["embedding_dim"], (int, np.integer)):
-        cfg["ffn_hidden_dim"] = 4 * cfg["embedding_dim"]
+        cfg["ffn_hidden_dim"] = default_ffn_hidden_dim(cfg["embedding_dim"], cfg["architecture"])
     if cfg["num_kv_heads"] is None:
         cfg["num_kv_heads"] = cfg["num_heads"]
     for name in ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
@@ -96,76 +131,115 @@ def complete_model_config(config):
         raise ValueError(f"architecture={architecture!r} is not supported; choose one of {ARCHITECTURES}")
     if str(dtype) not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {DTYPES}")
+    if not isinstance(cfg["tie_embeddings"], (bool, np.bool_)):
+        raise ValueError(f"tie_embeddings must be true or false, got {cfg['tie_embeddings']!r}")
+    rope_base = cfg["rope_base"]
+    if isinstance(rope_base, bool) or not isinstance(rope_base, (int, float)) or not 1.0 < rope_base < math.inf:
+        raise ValueError(f"rope_base must be a number > 1 (Llama uses 10000), got {rope_base!r}")
+    if architecture == "llama" and (cfg["embedding_dim"] // cfg["num_heads"]) % 2:
+        raise ValueError(f"architecture='llama' rotates channel pairs, so embedding_dim / num_heads must be even; "
+                         f"got {cfg['embedding_dim']} / {cfg['num_heads']} = {cfg['embedding_dim'] // cfg['num_heads']}")
     return dict(vocab_size=int(cfg["vocab_size"]), embedding_dim=int(cfg["embedding_dim"]),
                 num_layers=int(cfg["num_layers"]), ffn_hidden_dim=int(cfg["ffn_hidden_dim"]),
                 num_heads=int(cfg["num_heads"]), num_kv_heads=int(cfg["num_kv_heads"]),
                 max_seq_len=int(cfg["max_seq_len"]), dropout=float(dropout),
-                architecture=architecture, dtype=str(dtype))
+                architecture=architecture, tie_embeddings=bool(cfg["tie_embeddings"]),
+                rope_base=float(rope_base), dtype=str(dtype), lora=check_lora_config(cfg["lora"]))
 
 
 def parameter_shapes(config):
     """The parameter table of a model config: name -> shape, in forward order.
 
     config: a model-config dict (``model.config``; completed by ``complete_model_config``).
-    The output layer is tied to wte, so it has no entry of its own."""
+    A tied output layer is wte itself and has no entry; an untied one is lm_head.weight (C, V).
+    With a lora setting, each block's adapters follow its weights (see nanollm.lora)."""
     cfg = complete_model_config(config)
     c, f, v = cfg["embedding_dim"], cfg["ffn_hidden_dim"], cfg["vocab_size"]
     qkv = (cfg["num_heads"] + 2 * cfg["num_kv_heads"]) * (c // cfg["num_heads"])
-    shapes = {"wte": (v, c), "wpe": (cfg["max_seq_len"], c)}
-    block = {"ln1.weight": (c,), "ln1.bias": (c,),
-             "attn.qkv.weight": (c, qkv), "attn.qkv.bias": (qkv,),
-             "attn.proj.weight": (c, c), "attn.proj.bias": (c,),
-             "ln2.weight": (c,), "ln2.bias": (c,),
-             "mlp.fc.weight": (c, f), "mlp.fc.bias": (f,),
-             "mlp.proj.weight": (f, c), "mlp.proj.bias": (c,)}
+    if cfg["architecture"] == "llama":
+        shapes = {"wte": (v, c)}  # positions enter through the rotary embeddings
+        block = {"norm1.weight": (c,), "attn.qkv.weight": (c, qkv), "attn.proj.weight": (c, c),
+                 "norm2.weight": (c,), "mlp.gate.weight": (c, f), "mlp.up.weight": (c, f),
+                 "mlp.down.weight": (f, c)}
+        final = {"norm_f.weight": (c,)}
+    else:
+        shapes = {"wte": (v, c), "wpe": (cfg["max_seq_len"], c)}
+        block = {"ln1.weight": (c,), "ln1.bias": (c,),
+                 "attn.qkv.weight": (c, qkv), "attn.qkv.bias": (qkv,),
+                 "attn.proj.weight": (c, c), "attn.proj.bias": (c,),
+                 "ln2.weight": (c,), "ln2.bias": (c,),
+                 "mlp.fc.weight": (c, f), "mlp.fc.bias": (f,),
+                 "mlp.proj.weight": (f, c), "mlp.proj.bias": (c,)}
+        final = {"ln_f.weight": (c,), "ln_f.bias": (c,)}
+    block.update(adapter_shapes(cfg))
     for layer in range(cfg["num_layers"]):
-        shapes.update({f"blocks.{layer}.{suffix}": block[suffix] for suffix in BLOCK_PARAMS})
-    shapes.update({"ln_f.weight": (c,), "ln_f.bias": (c,)})
+        shapes.update({f"blocks.{layer}.{suffix}": shape for suffix, shape in block.items()})
+    shapes.update(final)
+    if not cfg["tie_embeddings"]:
+        shapes["lm_head.weight"] = (c, v)
     return shapes
 
 
 def flops_per_token(config, seq_len=None, training=True):
     """Matmul FLOPs per token of a model config as this code computes them (2 per multiply-add).
 
-    Per layer: qkv, attention projection and the two MLP matmuls, plus q k^T and probs v
-    over the full (masked) T x T square; then the output layer. A train step does the
-    forward once and the backward's two matmuls per forward matmul: 3x the forward.
-    seq_len defaults to max_seq_len.
+    Per layer: qkv, attention projection and the MLP matmuls (two for GPT-2, three for
+    Llama's SwiGLU), plus q k^T and probs v over the full (masked) T x T square; then the
+    output layer. A train step does the forward once and the backward's two matmuls per
+    forward matmul: 3x the forward. seq_len defaults to max_seq_len.
     """
     cfg = complete_model_config(config)
     t = cfg["max_seq_len"] if seq_len is None else seq_len
     c, f, heads = cfg["embedding_dim"], cfg["ffn_hidden_dim"], cfg["num_heads"]
     hd = c // heads
     qkv = (heads + 2 * cfg["num_kv_heads"]) * hd
-    per_layer = 2 * (c * qkv + c * c + 2 * c * f) + 2 * 2 * heads * hd * t
+    mlp_matrices = 3 if cfg["architecture"] == "llama" else 2
+    per_layer = 2 * (c * qkv + c * c + mlp_matrices * c * f) + 2 * 2 * heads * hd * t
     forward = cfg["num_layers"] * per_layer + 2 * c * cfg["vocab_size"]
     return 3 * forward if training else forward
 
 
 class TransformerLanguageModel:
-    """A decoder-only transformer language model (GPT-2 architecture), NumPy arrays throughout.
+    """A decoder-only transformer language model, GPT-2 or Llama style, NumPy arrays throughout.
 
     ``model.params`` maps names (see ``parameter_shapes``) to arrays; ``forward`` keeps the
     caches that ``backward`` needs, and ``backward`` returns gradients with the same keys.
+
+    architecture: "gpt2" (layernorm, learned positions, GELU MLP, biases) or "llama" (RMSNorm,
+    rotary embeddings with base rope_base, SwiGLU MLP, no biases). num_kv_heads < num_heads is
+    grouped-query attention in both. tie_embeddings: the output layer is wte (True) or a
+    matrix of its own, lm_head.weight (False).
     """
 
     def __init__(self, vocab_size, embedding_dim=128, num_layers=4, ffn_hidden_dim=None,
                  num_heads=4, num_kv_heads=None, max_seq_len=256, dropout=0.0,
-                 architecture="gpt2", dtype="float32", seed=None):
+                 architecture="gpt2", tie_embeddings=True, rope_base=ROPE_BASE, dtype="float32", lora=None,
+                 seed=None):
         self.config = complete_model_config(dict(
             vocab_size=vocab_size, embedding_dim=embedding_dim, num_layers=num_layers,
             ffn_hidden_dim=ffn_hidden_dim, num_heads=num_heads, num_kv_heads=num_kv_heads,
-            max_seq_len=max_seq_len, dropout=dropout, architecture=architecture, dtype=dtype))
+            max_seq_len=max_seq_len, dropout=dropout, architecture=architecture,
+            tie_embeddings=tie_embeddings, rope_base=rope_base, dtype=dtype, lora=lora))
         for key, value in self.config.items():
             setattr(self, key, value)
         self.head_dim = self.embedding_dim // self.num_heads
+        self.norm_names = NORM_NAMES[self.architecture]  # prefixes of the block's two norms and the final one
+        self._rope_tables = {}  # (dtype, array module) -> (cos, sin), (max_seq_len, hd/2) each
         self.training = True
         # seed=None draws the seed from NumPy's global generator, so set_seed() governs it.
         seed = int(np.random.randint(2**31 - 1)) if seed is None else seed
         init_rng, dropout_seed = np.random.default_rng(seed), seed + 1
         self.dropout_rng = np.random.default_rng(dropout_seed)
-        self.params = self._init_params(init_rng)
+        self.params = self._init_params(init_rng, adapter_rng=np.random.default_rng([seed, 2]))
+        self._update_layout()
         self._cache = None
+
+    def _update_layout(self):
+        """The block's parameter suffixes and LoRA adapters, after the lora setting changed."""
+        self.lora = self.config["lora"]
+        self.block_params = block_params(self.architecture) + tuple(adapter_shapes(self.config))
+        self.adapters = adapter_layout(self.config)  # {matrix suffix: [(part, columns, A shape, B shape)]}
+        self.trainable = [name for name in self.params if is_adapter(name) or self.lora is None]
 
     # ----------------------------------------------------------------------------- parameters
 
@@ -173,23 +247,62 @@ class TransformerLanguageModel:
         """The parameter table: name -> shape, in forward order (``parameter_shapes(config)``)."""
         return parameter_shapes(self.config)
 
-    def _init_params(self, rng):
+    def _init_params(self, rng, adapter_rng):
         """normal(0, 0.02) weights and embeddings, residual projections scaled by 1/sqrt(2 L),
-        zero biases, unit layernorm gains (GPT-2 / nanoGPT)."""
+        zero biases, unit norm gains (GPT-2 / nanoGPT; Llama's blocks take the same). LoRA
+        adapters draw from their own generator, so the base weights do not depend on them."""
         params = {}
         for name, shape in self.parameter_shapes().items():
-            if name.endswith(".bias"):
+            if is_adapter(name):
+                value = init_adapter(name, shape, adapter_rng)
+            elif name.endswith(".bias"):
                 value = np.zeros(shape)
-            elif name.endswith(".weight") and name.split(".")[-2].startswith("ln"):
-                value = np.ones(shape)  # layernorm gain
+            elif name.endswith(NORM_GAINS):
+                value = np.ones(shape)  # layernorm / RMSNorm gain
             else:
                 std = INIT_STD / math.sqrt(2 * self.num_layers) if name.endswith(RESIDUAL_PROJECTIONS) else INIT_STD
                 value = rng.normal(0.0, std, size=shape)
             params[name] = value.astype(self.dtype)
         return params
 
+    # ----------------------------------------------------------------------------- LoRA
+
+    def add_lora(self, rank=8, alpha=16.0, dropout=0.0, targets=("q", "v"), seed=0):
+        """Attach LoRA adapters (see nanollm.lora) and freeze every other parameter: from now on
+        ``backward`` returns the adapters' gradients only, and ``trainable`` lists them. B starts
+        at zero, so the logits do not change until the adapters train."""
+        if self.lora is not None:
+            raise ValueError(f"the model has LoRA adapters already ({self.lora}); merge_lora() them first")
+        self.config = complete_model_config({**self.config, "lora": dict(rank=rank, alpha=alpha, dropout=dropout,
+                                                                          targets=list(targets))})
+        rng, existing = np.random.default_rng(seed), self.params
+        xp = backends.array_module(existing["wte"])
+        self.params = {name: existing[name] if name in existing
+                       else xp.asarray(init_adapter(name, shape, rng), dtype=self.dtype)
+                       for name, shape in self.parameter_shapes().items()}
+        self._update_layout()
+        return self
+
+    def merge_lora(self):
+        """Fold the adapters into their matrices, W[:, columns] += alpha / rank * A @ B, and drop
+        them: the same function, no adapters, every parameter trainable again."""
+        if self.lora is None:
+            raise ValueError("the model has no LoRA adapters to merge")
+        scale = lora_scale(self.lora)
+        for layer in range(self.num_layers):
+            prefix = f"blocks.{layer}."
+            for matrix, adapters in self.adapters.items():
+                for part, columns, _, _ in adapters:
+                    a_name, b_name = adapter_names(matrix, part)
+                    delta = self.params[prefix + a_name] @ self.params[prefix + b_name]  # (C_in, C_out)
+                    self.params[prefix + matrix + ".weight"][:, columns] += scale * delta
+        self.params = {name: p for name, p in self.params.items() if not is_adapter(name)}
+        self.config = complete_model_config({**self.config, "lora": None})
+        self._update_layout()
+        return self
+
     def num_parameters(self):
-        """Total number of parameters (the tied output layer counted once, as wte)."""
+        """Total number of parameters (a tied output layer counted once, as wte)."""
         return sum(int(p.size) for p in self.params.values())
 
     def parameter_table(self):
@@ -204,10 +317,7 @@ class TransformerLanguageModel:
     def flops_per_token(self, seq_len=None, training=True):
         """Matmul FLOPs per token as this code computes them (2 per multiply-add).
 
-        Per layer: qkv, attention projection and the two MLP matmuls, plus q k^T and probs v
-        over the full (masked) T x T square; then the output layer. A train step does the
-        forward once and the backward's two matmuls per forward matmul: 3x the forward.
-        seq_len defaults to max_seq_len. (``flops_per_token(config, ...)`` computes it.)
+        See ``flops_per_token(config, seq_len, training)``, which computes it.
         """
         return flops_per_token(self.config, seq_len, training)
 
@@ -233,8 +343,9 @@ class TransformerLanguageModel:
 
     # ----------------------------------------------------------------------------- checks
 
-    def _check_tokens(self, name, ids, allow_ignore=False):
-        """ids must be a 2-D integer array (B, T) of ids in [0, vocab_size), T <= max_seq_len."""
+    def _check_tokens(self, name, ids, allow_ignore=False, start=0):
+        """ids must be a 2-D integer array (B, T) of ids in [0, vocab_size), start + T <= max_seq_len
+        (start: the positions already in a KV cache)."""
         xp = backends.array_module(ids)
         if not hasattr(ids, "dtype") or not hasattr(ids, "ndim"):
             raise ValueError(f"{name} must be an integer array of shape (batch, time), got {type(ids).__name__}")
@@ -247,6 +358,9 @@ class TransformerLanguageModel:
         batch, time = ids.shape
         if batch == 0 or time == 0:
             raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); give at least one token")
+        if start + time > self.max_seq_len and start:
+            raise ValueError(f"{name} adds {time} positions to the {start} in the KV cache but max_seq_len is "
+                             f"{self.max_seq_len}; reset the cache and feed the last tokens again")
         if time > self.max_seq_len:
             raise ValueError(f"{name} has {time} positions but max_seq_len is {self.max_seq_len}; "
                              f"crop to the last {self.max_seq_len} tokens or build the model "
@@ -262,102 +376,197 @@ class TransformerLanguageModel:
 
     # ----------------------------------------------------------------------------- forward
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_cache=None):
         """idx (B, T) int -> logits (B, T, V), loss (mean cross-entropy, or None without targets).
 
-        Targets equal to -100 are ignored by the loss. The caches for backward() are kept."""
+        Targets equal to -100 are ignored by the loss. The caches for backward() are kept.
+        kv_cache (a nanollm.kv_cache.KVCache): idx are the next T positions after the
+        kv_cache.length already cached, which they attend to; their keys and values are
+        appended. That is generation: no backward afterwards."""
         self._cache = None  # the previous step's caches go before this step's are built (half the peak memory)
-        self._check_tokens("idx", idx)
+        start = 0 if kv_cache is None else kv_cache.length
+        self._check_tokens("idx", idx, start=start)
         if targets is not None:
             if tuple(targets.shape) != tuple(idx.shape):
                 raise ValueError(f"targets has shape {tuple(targets.shape)} but idx has {tuple(idx.shape)}; "
                                  "they must match (targets are idx shifted by one)")
             self._check_tokens("targets", targets, allow_ignore=True)
+        if kv_cache is not None and kv_cache.batch != idx.shape[0]:
+            raise ValueError(f"the KV cache holds a batch of {kv_cache.batch} but idx has {idx.shape[0]} rows; "
+                             "make a cache with KVCache.for_model(model, batch=idx.shape[0])")
         p, xp = self.params, backends.array_module(self.params["wte"])
+        positions = xp.arange(start, start + idx.shape[1])  # (T,)
         drop = dict(p=self.dropout, rng=self.dropout_rng, training=self.training)
 
-        tok, tok_cache = embedding_forward(idx, p["wte"])  # (B, T, C)
-        pos, pos_cache = embedding_forward(xp.arange(idx.shape[1]), p["wpe"])  # (T, C)
-        x, add_cache = residual_forward(tok, pos)  # (B, T, C)
+        x, tok_cache = embedding_forward(idx, p["wte"])  # (B, T, C)
+        pos_cache = add_cache = rope = None
+        if self.architecture == "llama":
+            rope = self._rope(positions)  # cos, sin (T, hd/2): positions enter inside attention
+        else:
+            pos, pos_cache = embedding_forward(positions, p["wpe"])  # (T, C)
+            x, add_cache = residual_forward(x, pos)  # (B, T, C)
         x, drop_cache = dropout_forward(x, **drop)
         block_caches = []
         for layer in range(self.num_layers):
-            x, cache = self._block_forward(layer, x)
+            past = None if kv_cache is None else kv_cache.layer(layer)
+            x, cache = self._block_forward(layer, x, rope, past)
             block_caches.append(cache)
-        x, lnf_cache = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
-        logits, head_cache = linear_forward(x, p["wte"].T)  # (B, T, V), tied to wte
+        x, norm_f_cache = self._norm_forward(x, p, self.norm_names[2])
+        logits, head_cache = linear_forward(x, self._output_weight())  # (B, T, V)
 
         loss, loss_cache = None, None
         if targets is not None:
             loss, loss_cache = cross_entropy_forward(logits, targets, IGNORE_INDEX)
-        self._cache = (tok_cache, pos_cache, add_cache, drop_cache, block_caches,
-                       lnf_cache, head_cache, loss_cache)
+        if kv_cache is None:
+            self._cache = (tok_cache, pos_cache, add_cache, drop_cache, block_caches,
+                           norm_f_cache, head_cache, loss_cache)
+        else:
+            kv_cache.length += idx.shape[1]
         return logits, loss
 
-    def _block_forward(self, layer, x):
+    def _output_weight(self):
+        """The output layer's weight (C, V): wte transposed when tied, else lm_head.weight."""
+        return self.params["wte"].T if self.tie_embeddings else self.params["lm_head.weight"]
+
+    def _rope(self, positions):
+        """cos, sin (T, hd/2) of the rotary angles at ``positions`` (T,), in the model's dtype."""
+        xp = backends.array_module(self.params["wte"])
+        key = (self.dtype, xp.__name__)
+        if key not in self._rope_tables:
+            self._rope_tables[key] = rope_tables(self.max_seq_len, self.head_dim, self.rope_base, self.dtype, xp)
+        cos, sin = self._rope_tables[key]
+        return cos[positions], sin[positions]
+
+    def _norm_forward(self, x, p, prefix):
+        """Layernorm (gpt2) or RMSNorm (llama) of x (B, T, C), with the gain p[<prefix>.weight]
+        (and the bias p[<prefix>.bias]); prefix is one of self.norm_names."""
+        if self.architecture == "llama":
+            return rmsnorm_forward(x, p[f"{prefix}.weight"])
+        return layernorm_forward(x, p[f"{prefix}.weight"], p[f"{prefix}.bias"])
+
+    def _linear_forward(self, x, p, matrix):
+        """x @ p[<matrix>.weight] (+ bias) (+ its LoRA adapters' scale * dropout(x) @ A @ B, each
+        added to its columns): x (B, T, C_in) -> (B, T, C_out)."""
+        out, cache = linear_forward(x, p[f"{matrix}.weight"], p.get(f"{matrix}.bias"))
+        adapter_caches = []
+        for part, columns, _, _ in self.adapters.get(matrix, ()):
+            a_name, b_name = adapter_names(matrix, part)
+            delta, adapter_cache = lora_forward(x, p[a_name], p[b_name], lora_scale(self.lora), self.lora["dropout"],
+                                                self.dropout_rng, self.training)
+            out[..., columns] += delta
+            adapter_caches.append(adapter_cache)
+        return out, (cache, adapter_caches)
+
+    def _block_forward(self, layer, x, rope=None, past=None):
         """One pre-norm transformer block: x (B, T, C) -> (B, T, C)."""
-        p = {suffix: self.params[f"blocks.{layer}.{suffix}"] for suffix in BLOCK_PARAMS}
+        p = {suffix: self.params[f"blocks.{layer}.{suffix}"] for suffix in self.block_params}
+        norm1, norm2, _ = self.norm_names
         drop = dict(p=self.dropout, rng=self.dropout_rng, training=self.training)
-        h, ln1_cache = layernorm_forward(x, p["ln1.weight"], p["ln1.bias"])
-        qkv, qkv_cache = linear_forward(h, p["attn.qkv.weight"], p["attn.qkv.bias"])  # (B, T, (H + 2 H_kv) hd)
-        a, attn_cache = attention_forward(qkv, self.num_heads, self.num_kv_heads, dropout=self.dropout,
-                                          rng=self.dropout_rng, training=self.training)  # (B, T, C)
-        a, proj_cache = linear_forward(a, p["attn.proj.weight"], p["attn.proj.bias"])
-        a, drop1_cache = dropout_forward(a, **drop)
-        x, res1_cache = residual_forward(x, a)
-        h, ln2_cache = layernorm_forward(x, p["ln2.weight"], p["ln2.bias"])
-        m, mlp_cache = mlp_forward(h, p["mlp.fc.weight"], p["mlp.fc.bias"],
-                                   p["mlp.proj.weight"], p["mlp.proj.bias"])
-        m, drop2_cache = dropout_forward(m, **drop)
-        x, res2_cache = residual_forward(x, m)
-        return x, (ln1_cache, qkv_cache, attn_cache, proj_cache, drop1_cache, res1_cache,
-                   ln2_cache, mlp_cache, drop2_cache, res2_cache)
+        caches = {}
+        h, caches["norm1"] = self._norm_forward(x, p, norm1)
+        qkv, caches["qkv"] = self._linear_forward(h, p, "attn.qkv")  # (B, T, (H + 2 H_kv) hd)
+        a, caches["attn"] = attention_forward(qkv, self.num_heads, self.num_kv_heads, dropout=self.dropout,
+                                              rng=self.dropout_rng, training=self.training,
+                                              rope=rope, past=past)  # (B, T, C)
+        a, caches["proj"] = self._linear_forward(a, p, "attn.proj")
+        a, caches["drop1"] = dropout_forward(a, **drop)
+        x, caches["res1"] = residual_forward(x, a)
+        h, caches["norm2"] = self._norm_forward(x, p, norm2)
+        if self.architecture == "llama":  # SwiGLU: down(silu(gate(h)) * up(h))
+            gate, caches["gate"] = self._linear_forward(h, p, "mlp.gate")  # (B, T, F)
+            up, caches["up"] = self._linear_forward(h, p, "mlp.up")  # (B, T, F)
+            hidden, caches["act"] = swiglu_forward(gate, up)  # (B, T, F)
+            m, caches["down"] = self._linear_forward(hidden, p, "mlp.down")  # (B, T, C)
+        else:  # GELU MLP: proj(gelu(fc(h)))
+            hidden, caches["fc"] = self._linear_forward(h, p, "mlp.fc")  # (B, T, F)
+            hidden, caches["act"] = gelu_forward(hidden)
+            m, caches["mlp_proj"] = self._linear_forward(hidden, p, "mlp.proj")  # (B, T, C)
+        m, caches["drop2"] = dropout_forward(m, **drop)
+        x, caches["res2"] = residual_forward(x, m)
+        return x, caches
 
     # ----------------------------------------------------------------------------- backward
 
     def backward(self, dlogits=None):
         """Gradients of the loss (or of sum(logits * dlogits) when dlogits (B, T, V) is given)
-        with respect to every parameter: a dict with the same keys as ``params``."""
+        with respect to every trainable parameter: a dict with the keys of ``trainable`` (all of
+        ``params``; with LoRA adapters, those alone, and the frozen weights' gradients are
+        never computed)."""
         if self._cache is None:
-            raise RuntimeError("backward() needs a forward() first")
+            raise RuntimeError("backward() needs a forward() first (one without a kv_cache)")
         (tok_cache, pos_cache, add_cache, drop_cache, block_caches,
-         lnf_cache, head_cache, loss_cache) = self._cache
+         norm_f_cache, head_cache, loss_cache) = self._cache
         if dlogits is None:
             if loss_cache is None:
                 raise RuntimeError("backward() without dlogits needs forward(idx, targets) with targets")
             dlogits = cross_entropy_backward(1.0, loss_cache)
         grads = {}
 
-        dx, dwte_head_t, _ = linear_backward(dlogits, head_cache)  # dwte_head_t: (C, V)
-        dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm_backward(dx, lnf_cache)
+        frozen = self.lora is not None
+        dx, dhead, _ = linear_backward(dlogits, head_cache, weight_grads=not frozen)  # dhead: (C, V)
+        dx = self._norm_backward(dx, norm_f_cache, grads, self.norm_names[2])
         for layer in reversed(range(self.num_layers)):
             dx, block_grads = self._block_backward(dx, block_caches[layer])
             grads.update({f"blocks.{layer}.{suffix}": g for suffix, g in block_grads.items()})
+        if frozen:  # the embeddings are frozen too: nothing below the first block is needed
+            return {name: grads[name] for name in self.trainable}
         dx = dropout_backward(dx, drop_cache)
-        dtok, dpos = residual_backward(dx, add_cache)
-        grads["wpe"] = embedding_backward(dpos, pos_cache)
-        grads["wte"] = embedding_backward(dtok, tok_cache) + dwte_head_t.T
-        return {name: grads[name] for name in self.params}
+        if self.architecture == "gpt2":
+            dx, dpos = residual_backward(dx, add_cache)
+            grads["wpe"] = embedding_backward(dpos, pos_cache)
+        grads["wte"] = embedding_backward(dx, tok_cache)
+        if self.tie_embeddings:
+            grads["wte"] += dhead.T
+        else:
+            grads["lm_head.weight"] = dhead
+        return {name: grads[name] for name in self.trainable}
 
-    def _block_backward(self, dx, cache):
+    def _norm_backward(self, dx, cache, grads, prefix):
+        """Back through _norm_forward: dx (B, T, C) -> dx; the gain (and bias) gradients go into
+        grads as <prefix>.weight (and <prefix>.bias)."""
+        if self.architecture == "llama":
+            dx, grads[f"{prefix}.weight"] = rmsnorm_backward(dx, cache)
+        else:
+            dx, grads[f"{prefix}.weight"], grads[f"{prefix}.bias"] = layernorm_backward(dx, cache)
+        return dx
+
+    def _linear_backward(self, dout, cache, grads, matrix):
+        """Back through _linear_forward: dout (B, T, C_out) -> dx (B, T, C_in); the weight, bias and adapter
+        gradients go into grads (a frozen weight's are not computed)."""
+        cache, adapter_caches = cache
+        dx, dweight, dbias = linear_backward(dout, cache, weight_grads=self.lora is None)
+        grads[f"{matrix}.weight"], grads[f"{matrix}.bias"] = dweight, dbias
+        for (part, columns, _, _), adapter_cache in zip(self.adapters.get(matrix, ()), adapter_caches):
+            a_name, b_name = adapter_names(matrix, part)
+            dx_adapter, grads[a_name], grads[b_name] = lora_backward(dout[..., columns], adapter_cache)
+            dx += dx_adapter
+        return dx
+
+    def _block_backward(self, dx, caches):
         """The block's forward read upside down: dx (B, T, C) -> dx (B, T, C), {suffix: grad}."""
-        (ln1_cache, qkv_cache, attn_cache, proj_cache, drop1_cache, res1_cache,
-         ln2_cache, mlp_cache, drop2_cache, res2_cache) = cache
+        norm1, norm2, _ = self.norm_names
         g = {}
-        dx, dm = residual_backward(dx, res2_cache)
-        dm = dropout_backward(dm, drop2_cache)
-        dh, g["mlp.fc.weight"], g["mlp.fc.bias"], g["mlp.proj.weight"], g["mlp.proj.bias"] = \
-            mlp_backward(dm, mlp_cache)
-        dh, g["ln2.weight"], g["ln2.bias"] = layernorm_backward(dh, ln2_cache)
+        dx, dm = residual_backward(dx, caches["res2"])
+        dm = dropout_backward(dm, caches["drop2"])
+        if self.architecture == "gpt2":  # the forward's two branches, each reversed, in reverse order
+            dhidden = self._linear_backward(dm, caches["mlp_proj"], g, "mlp.proj")
+            dhidden = gelu_backward(dhidden, caches["act"])
+            dh = self._linear_backward(dhidden, caches["fc"], g, "mlp.fc")
+        else:
+            dhidden = self._linear_backward(dm, caches["down"], g, "mlp.down")
+            dgate, dup = swiglu_backward(dhidden, caches["act"])
+            dh = self._linear_backward(dup, caches["up"], g, "mlp.up")
+            dh += self._linear_backward(dgate, caches["gate"], g, "mlp.gate")
+        dh = self._norm_backward(dh, caches["norm2"], g, norm2)
         dx = dx + dh
-        dx, da = residual_backward(dx, res1_cache)
-        da = dropout_backward(da, drop1_cache)
-        da, g["attn.proj.weight"], g["attn.proj.bias"] = linear_backward(da, proj_cache)
-        dqkv = attention_backward(da, attn_cache)
-        dh, g["attn.qkv.weight"], g["attn.qkv.bias"] = linear_backward(dqkv, qkv_cache)
-        dh, g["ln1.weight"], g["ln1.bias"] = layernorm_backward(dh, ln1_cache)
+        dx, da = residual_backward(dx, caches["res1"])
+        da = dropout_backward(da, caches["drop1"])
+        da = self._linear_backward(da, caches["proj"], g, "attn.proj")
+        dqkv = attention_backward(da, caches["attn"])
+        dh = self._linear_backward(dqkv, caches["qkv"], g, "attn.qkv")
+        dh = self._norm_backward(dh, caches["norm1"], g, norm1)
         dx = dx + dh
-        return dx, g
+        return dx, {suffix: g[suffix] for suffix in self.block_params}
 
 
 GPT = TransformerLanguageModel

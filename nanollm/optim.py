@@ -6,6 +6,10 @@
 Each rule follows PyTorch's definition of the optimizer of the same name, so the two can be
 compared step for step. Which parameters get weight decay is the caller's choice (training
 decays 2-D weights and embeddings only). ``clip_grad_norm`` scales all gradients together.
+
+Muon is for 2-D weight matrices only: optimizer="muon" in a config means Muon for the hidden
+matrices ``uses_muon`` picks and AdamW for every other parameter; ``rule_for(name, param, cfg)``
+says, per parameter, which rule a config uses and with what settings.
 """
 
 import math
@@ -91,6 +95,121 @@ def lion_update(param, grad, state, lr, beta1=0.9, beta2=0.99, weight_decay=0.0)
     m += (1.0 - beta2) * grad
 
 
+# ---------------------------------------------------------------------------- Muon
+#
+# Muon (Keller Jordan, 2024; "MomentUm Orthogonalized by Newton-Schulz") replaces the momentum
+# of a weight matrix by the nearest (semi-)orthogonal matrix before stepping: every direction
+# of the update, rare or common, moves by about the same amount. This follows the code of
+# torch.optim.Muon (itself Keller Jordan's muon.py) line for line, with two differences that
+# change nothing but the rounding:
+#   - torch runs the Newton-Schulz iteration in bfloat16 (fast on GPUs); here it runs in the
+#     parameter's own dtype (NumPy has no bfloat16), float32 or float64.
+#   - nanollm stores a weight as (in, out) (GPT-2's Conv1D layout, x @ W), torch's nn.Linear as
+#     (out, in). Orthogonalising W^T gives the transpose of orthogonalising W, so the update
+#     is the same; the learning-rate shape factor is the one place where the layout matters,
+#     and muon_lr_factor reads fan_in, fan_out as (in, out) to give torch's factor.
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (a, b, c), as torch's default
+NS_EPS = 1e-7                                # guard of the normalisation (torch.optim.Muon's eps)
+MUON_ADJUST_LR = ("original", "match_rms_adamw")  # torch.optim.Muon's adjust_lr_fn choices
+ADAMW_MATRICES = ("wte", "wpe", "lm_head.weight")  # 2-D, but embeddings / output layer: AdamW
+
+
+def uses_muon(name, param):
+    """Whether optimizer="muon" updates this parameter with Muon (True) or with AdamW (False).
+
+    Muon orthogonalises a matrix-shaped update, which suits the hidden layers: the attention
+    (qkv, proj) and MLP (fc, proj; llama's gate, up, down) weight matrices. The embeddings
+    (wte, wpe: rows looked up one token at a time, not a linear map of the residual stream),
+    the output layer (lm_head.weight when untied; by default it is wte) and every 1-D parameter
+    (biases, norm gains) stay on AdamW, as Keller Jordan's recipe and torch.optim.Muon's
+    documentation advise.
+    param: the array, or just its shape."""
+    shape = getattr(param, "shape", param)
+    return len(shape) == 2 and name not in ADAMW_MATRICES
+
+
+def newton_schulz(g, steps=5, coefficients=NS_COEFFICIENTS, eps=NS_EPS):
+    """About the orthogonal factor of g: U S' V^T for g = U S V^T, every S' near 1.
+
+    g: (m, n) -> (m, n), same dtype. Each step is the quintic X <- a X + (b A + c A^2) X with
+    A = X X^T, which maps every singular value s of X to a s + b s^3 + c s^5 and keeps the
+    singular vectors. The coefficients make the slope at 0 large (a = 3.4 per step), so small
+    singular values grow fast, at the price of not converging to exactly 1: after 5 steps every
+    singular value of g / ||g||_F above 0.02 lands in [0.68, 1.14] (torch's docstring: that does
+    not hurt training). Dividing by the Frobenius norm first puts every singular value in
+    [0, 1], where the iteration is stable. A tall g is transposed so that A is the smaller
+    (min(m, n))^2 gram matrix; orthogonalising g^T gives the transpose of orthogonalising g.
+    As torch.optim._muon._zeropower_via_newtonschulz, but in g's dtype instead of bfloat16.
+    """
+    xp = backends.array_module(g)
+    a, b, c = coefficients
+    tall = g.shape[0] > g.shape[1]
+    x = g.T if tall else g                       # (r, k), r <= k
+    x = x / xp.maximum(xp.linalg.norm(x), eps)   # Frobenius norm 1: spectral norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T                           # A: (r, r)
+        poly = b * gram + c * (gram @ gram)      # b A + c A^2: (r, r)
+        x = a * x + poly @ x                     # (r, k)
+    return x.T if tall else x
+
+
+def muon_lr_factor(shape, adjust_lr="original"):
+    """The factor torch.optim.Muon's adjust_lr_fn puts on the learning rate of a weight matrix
+    of nanollm's ``shape`` = (fan_in, fan_out).
+
+    torch's rule reads its (out, in) Linear weight as (A, B) = (fan_out, fan_in), so on
+    nanollm's (in, out) layout A = shape[1] and B = shape[0]:
+      original          sqrt(max(1, fan_out / fan_in))   Keller Jordan's: a widening layer's
+                        orthogonal update maps unit-RMS inputs to outputs of RMS
+                        sqrt(fan_in / fan_out), and this brings it back to 1
+      match_rms_adamw   0.2 sqrt(max(fan_in, fan_out))   Moonshot's: an orthogonal update has RMS
+                        1 / sqrt(max(fan_in, fan_out)), so this gives AdamW's typical update RMS
+                        of 0.2 and lets Muon reuse AdamW's learning rate and weight decay
+    """
+    fan_in, fan_out = shape
+    if adjust_lr == "original":
+        return math.sqrt(max(1, fan_out / fan_in))
+    if adjust_lr == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(fan_in, fan_out))
+    raise ValueError(f"adjust_lr={adjust_lr!r} is not one of {', '.join(MUON_ADJUST_LR)}")
+
+
+def muon_init(param):
+    """Muon's state: the momentum buffer (zeros, as torch.optim.Muon creates it) and the step count."""
+    if param.ndim != 2:
+        raise ValueError(f"Muon updates 2-D weight matrices only, got a parameter of shape {tuple(param.shape)}; "
+                         "use AdamW for the others (optimizer='muon' in a config does)")
+    xp = backends.array_module(param)
+    return {"momentum_buffer": xp.zeros_like(param), "step": 0}
+
+
+def muon_update(param, grad, state, lr, momentum=0.95, nesterov=True, ns_steps=5, adjust_lr="original",
+                weight_decay=0.0, coefficients=NS_COEFFICIENTS, eps=NS_EPS):
+    """Muon, as torch.optim.Muon (its code, which keeps the buffer an average of gradients):
+
+    buf = momentum buf + (1 - momentum) g                      (torch: buf.lerp_(g, 1 - momentum))
+    u = (1 - momentum) g + momentum buf if nesterov else buf   (torch: g.lerp(buf, momentum))
+    param -= lr * weight_decay * param                         (decoupled, at the unadjusted lr)
+    param -= lr * muon_lr_factor(shape) * newton_schulz(u)
+
+    param, grad, buf: (fan_in, fan_out), nanollm's layout (see muon_lr_factor). The average
+    differs from the sum in torch's docstring (B = momentum B + g) by a constant factor
+    (1 - momentum), which the normalisation inside newton_schulz removes (up to its eps).
+    """
+    if param.ndim != 2:
+        raise ValueError(f"Muon updates 2-D weight matrices only, got a parameter of shape {tuple(param.shape)}")
+    state["step"] += 1
+    buf = state["momentum_buffer"]              # (fan_in, fan_out)
+    buf *= momentum
+    buf += (1.0 - momentum) * grad
+    direction = (1.0 - momentum) * grad + momentum * buf if nesterov else buf
+    direction = newton_schulz(direction, ns_steps, coefficients, eps)   # (fan_in, fan_out), singular values ~1
+    if weight_decay:
+        param *= 1.0 - lr * weight_decay
+    param -= (lr * muon_lr_factor(param.shape, adjust_lr)) * direction
+
+
 class Optimizer(NamedTuple):
     init: Callable
     update: Callable
@@ -101,6 +220,7 @@ OPTIMIZERS = {
     "adam": Optimizer(adam_init, adam_update),
     "adamw": Optimizer(adamw_init, adamw_update),
     "lion": Optimizer(lion_init, lion_update),
+    "muon": Optimizer(muon_init, muon_update),  # 2-D matrices only; in a config: AdamW for the rest
 }
 
 
@@ -113,16 +233,43 @@ def decays(name, param, no_decay=None):
     return not any(fnmatchcase(name, pattern) for pattern in no_decay)
 
 
-def hyperparameters(cfg):
-    """The keyword arguments of cfg["optimizer"]'s update rule, taken from a resolved config
-    (everything except lr and weight_decay, which change per step and per parameter)."""
+def hyperparameters(cfg, optimizer=None):
+    """The keyword arguments of an update rule (cfg["optimizer"]'s unless ``optimizer`` names
+    another), taken from a resolved config: everything except lr and weight_decay, which change
+    per step and per parameter. For "muon", Muon's own (the AdamW part takes "adamw"'s)."""
+    optimizer = cfg["optimizer"] if optimizer is None else optimizer
+    if optimizer == "muon":
+        return {"momentum": cfg["muon_momentum"], "nesterov": cfg["muon_nesterov"], "ns_steps": cfg["muon_ns_steps"],
+                "adjust_lr": cfg["muon_adjust_lr"]}
     beta1, beta2 = cfg["betas"]
     return {
         "sgd": dict(momentum=cfg["momentum"], nesterov=cfg["nesterov"]),
         "adam": dict(beta1=beta1, beta2=beta2, eps=cfg["eps"]),
         "adamw": dict(beta1=beta1, beta2=beta2, eps=cfg["eps"]),
         "lion": dict(beta1=beta1, beta2=beta2),
-    }[cfg["optimizer"]]
+    }[optimizer]
+
+
+class Rule(NamedTuple):
+    """How training updates one parameter: the update rule, its keyword arguments, and the
+    factor on the scheduled learning rate."""
+    optimizer: Optimizer
+    hyper: dict
+    lr_factor: float
+
+
+def rule_for(name, param, cfg):
+    """The Rule of parameter ``name`` under a resolved config.
+
+    Every parameter gets cfg["optimizer"], except with "muon": the matrices uses_muon() picks
+    get Muon at muon_learning_rate, the rest AdamW (betas, eps) at learning_rate. The factor
+    muon_learning_rate / learning_rate on the scheduled rate makes the schedule (warmup, decay,
+    floor) scale both rates together."""
+    if cfg["optimizer"] != "muon":
+        return Rule(OPTIMIZERS[cfg["optimizer"]], hyperparameters(cfg), 1.0)
+    if uses_muon(name, param):
+        return Rule(OPTIMIZERS["muon"], hyperparameters(cfg), cfg["muon_learning_rate"] / cfg["learning_rate"])
+    return Rule(OPTIMIZERS["adamw"], hyperparameters(cfg, "adamw"), 1.0)
 
 
 def global_grad_norm(grads):

@@ -11,6 +11,7 @@ One optimizer step:
     guard    a NaN/Inf loss or gradient norm stops the run before the update touches anything
     clip     the accumulated gradient to max_grad_norm (global L2 norm)
     update   the optimizer at lr_at(step), weight decay on the parameters optim.decays() picks
+             (optimizer="muon": Muon on the matrices optim.uses_muon() picks, AdamW on the rest)
 then, every so many steps: a log record, a validation loss (early stopping, best checkpoint),
 a checkpoint, a printed sample.
 
@@ -26,16 +27,19 @@ from pathlib import Path
 import numpy as np
 
 from nanollm import backends
-from nanollm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, step_checkpoints
+from nanollm.checkpoint import find_checkpoint, load_checkpoint, save_adapters, save_checkpoint, step_checkpoints
 from nanollm.config import resolve
 from nanollm.data import EpochOrder, TokenDataset, as_dataset, micro_batches, random_starts, require_windows
 from nanollm.generate import generate_text
+from nanollm.lora import check_lora_config
 from nanollm.metrics import METRICS_FILE, MetricsLog, Progress, log_line
 from nanollm.ops.cross_entropy import IGNORE_INDEX
-from nanollm.optim import OPTIMIZERS, clip_grad_norm, decays, hyperparameters
+from nanollm.optim import clip_grad_norm, decays, rule_for
 from nanollm.schedule import lr_at
 
-MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads")
+ADAPTERS_FILE = "adapters_final.npz"  # a LoRA run's adapters alone, beside its final checkpoint
+MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
+              "architecture", "tie_embeddings", "rope_base")
 
 
 def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0):
@@ -111,11 +115,12 @@ def _check_tokenizer(model, tokenizer):
 
 
 def earlier_run_files(folder):
-    """The checkpoints and metrics.jsonl an earlier run left in ``folder`` (none if it does not exist)."""
+    """The checkpoints, adapters and metrics.jsonl an earlier run left in ``folder`` (none if it
+    does not exist)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(folder.glob("checkpoint_*.npz")) + sorted(folder.glob(METRICS_FILE))
+    return sorted(folder.glob("checkpoint_*.npz")) + sorted(folder.glob(ADAPTERS_FILE)) + sorted(folder.glob(METRICS_FILE))
 
 
 def check_checkpoint_dir(cfg, resuming_here):
@@ -161,16 +166,17 @@ class _TrainingRun:
         else:
             self.total_steps = cfg["num_steps"]
         self.schedule_cfg = {**cfg, "num_steps": self.total_steps}
-        self.optimizer = OPTIMIZERS[cfg["optimizer"]]
-        self.hyper = hyperparameters(cfg)
-        self.states = {name: self.optimizer.init(p) for name, p in model.params.items()}
-        self.decay = {name: decays(name, p, cfg["no_decay"]) for name, p in model.params.items()}
+        # per parameter: update rule, its settings, lr factor (optimizer="muon": Muon or AdamW)
+        trainable = {name: model.params[name] for name in model.trainable}  # with LoRA: the adapters alone
+        self.rules = {name: rule_for(name, p, cfg) for name, p in trainable.items()}
+        self.states = {name: self.rules[name].optimizer.init(p) for name, p in trainable.items()}
+        self.decay = {name: decays(name, p, cfg["no_decay"]) for name, p in trainable.items()}
         self.batch_rng = np.random.default_rng(cfg["seed"])
         model.dropout_rng = np.random.default_rng(cfg["seed"] + 1)
         self.step, self.tokens_seen = 0, 0
         self.best_val_loss, self.evals_without_improvement = math.inf, 0
         self.loss = self.grad_norm = self.val_loss = self.evaluated_at = None
-        self.checkpoints = {"steps": [], "best": None, "final": None}
+        self.checkpoints = {"steps": [], "best": None, "final": None, "adapters": None}
         self.last_good_checkpoint = None
         self.stopped_early, self.diverged, self.stopped_because = False, False, None
 
@@ -201,8 +207,9 @@ class _TrainingRun:
     def update(self, grads, lr):
         weight_decay = self.cfg["weight_decay"]
         for name, grad in grads.items():
-            self.optimizer.update(self.model.params[name], grad, self.states[name], lr=lr,
-                                  weight_decay=weight_decay if self.decay[name] else 0.0, **self.hyper)
+            rule = self.rules[name]
+            rule.optimizer.update(self.model.params[name], grad, self.states[name], lr=lr * rule.lr_factor,
+                                  weight_decay=weight_decay if self.decay[name] else 0.0, **rule.hyper)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -346,6 +353,20 @@ def _load_initial_weights(model, init_from, tokenizer):
     load_checkpoint(path, model, tokenizer=tokenizer)  # shapes and tokenizer checked against the model's
 
 
+def _attach_lora(model, cfg):
+    """lora_rank > 0: LoRA adapters on the model, every other weight frozen. A model that has
+    adapters already (a resumed run's, or attached by hand) must have these."""
+    if not cfg["lora_rank"]:
+        return
+    wanted = check_lora_config({"rank": cfg["lora_rank"], "alpha": cfg["lora_alpha"], "dropout": cfg["lora_dropout"],
+                                "targets": cfg["lora_targets"]})
+    if model.lora is None:
+        model.add_lora(**wanted, seed=cfg["seed"])
+    elif model.lora != wanted:
+        raise ValueError(f"the model has LoRA adapters {model.lora} but the config asks for {wanted}; set the "
+                         "config's lora_* keys to the model's, or give a model without adapters")
+
+
 def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=None, resume_from=None, preset=None):
     """Train ``model`` on ``tokens`` as the config says: a 1-D list/array of token ids, or a
     TokenDataset (a memmapped .bin file; instruction data with its loss mask).
@@ -356,10 +377,12 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
     equal the model's.
     resume_from: a checkpoint to continue from (same as cfg["resume_from"]).
     cfg["init_from"]: a checkpoint (or run folder) whose weights start a new run: fine-tuning.
+    cfg["lora_rank"] > 0: LoRA adapters train and every other weight stays frozen; the adapters
+    are also saved alone, as adapters_final.npz in checkpoint_dir.
 
     Returns a dict: final_loss, final_grad_norm, final_val_loss, final_val_perplexity,
     best_val_loss, steps, tokens_seen, tokens_per_second, training_time_seconds, history,
-    checkpoints ({"steps": [...], "best": path, "final": path}), last_good_checkpoint,
+    checkpoints ({"steps": [...], "best": path, "final": path, "adapters": path or None}), last_good_checkpoint,
     metrics_path, stopped_early, diverged, stopped_because (None when the run finished), config.
     """
     overrides = [cfg if cfg is not None else {}]
@@ -379,6 +402,7 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
                      and Path(resume).resolve().parent == Path(cfg["checkpoint_dir"]).resolve())
     if cfg["init_from"] is not None and resume is None:  # a resumed run has its weights already
         _load_initial_weights(model, cfg["init_from"], tokenizer)
+    _attach_lora(model, cfg)
     folder = _prepare_checkpoint_dir(cfg, resuming_here)
 
     previous_backend = backends.current_name()
@@ -398,6 +422,9 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
                 run.evaluate()  # resumed at the end: nothing trained, but the results report a val loss
             if not run.diverged and folder is not None:
                 run.checkpoints["final"] = run.save("checkpoint_final.npz")
+                if model.lora is not None:
+                    run.checkpoints["adapters"] = str(save_adapters(folder / ADAPTERS_FILE, model, tokenizer,
+                                                                    extra={"init_from": cfg["init_from"]}))
         finally:
             progress.close()
     finally:

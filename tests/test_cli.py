@@ -287,3 +287,18 @@ def test_init_from_fine_tunes_a_pretrained_run_on_instruction_data(trained):
     clash = nanollm("train", "--data", "answers.jsonl", "--init-from", "run", "--embedding_dim=32", "--out", "x",
                     cwd=folder, check=False)
     assert_one_line_error(clash, "embedding_dim=32", "embedding_dim=16", "keeps its checkpoint's shape")
+
+
+def test_train_and_sample_a_llama_model_from_the_command_line(trained):
+    """--architecture=llama (with GQA and an untied head) trains, its checkpoint says so, and
+    sample and info read it back."""
+    folder, _ = trained
+    nanollm("train", "--data", "corpus.txt", "--out", "llama", "--num_steps=5", "--architecture=llama",
+            "--num_kv_heads=1", "--tie_embeddings=false", "--rope_base=500", "--num-samples", "0", *TINY_MODEL,
+            cwd=folder)
+    results = json.loads((folder / "llama" / "results.json").read_text())
+    assert results["config"]["architecture"] == "llama" and results["config"]["tie_embeddings"] is False
+    info = nanollm("info", "llama", cwd=folder).stdout
+    assert "llama: 1 layer, 2 heads (1 key/value)" in info and "lm_head.weight" in info and "norm_f.weight" in info
+    sample = nanollm("sample", "--checkpoint", "llama", "--max-new-tokens", "10", "--seed", "1", cwd=folder).stdout
+    assert sample.strip()

@@ -59,7 +59,7 @@ def test_presets_follow_the_scaling_guide_and_nanogpt():
     ({"learning_rate": "fast"}, "learning_rate must be a number, got 'fast'"),
     ({"betas": [0.9]}, "betas must be a pair of numbers, got [0.9]"),
     ({"betas": [0.9, 1.0]}, "betas must both be in [0, 1)"),
-    ({"optimizer": "adamm"}, "optimizer='adamm' is not one of sgd, adam, adamw, lion; did you mean 'adam'?"),
+    ({"optimizer": "adamm"}, "optimizer='adamm' is not one of sgd, adam, adamw, lion, muon; did you mean 'adam'?"),
     ({"lr_schedule": "cosin"}, "did you mean 'cosine'?"),
     ({"learning_rate": 0}, "learning_rate must be > 0, got 0"),
     ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),
@@ -83,3 +83,29 @@ def test_errors_name_their_source_and_unknown_presets_suggest():
         resolve(preset="smal")
     with pytest.raises(ValueError, match="a configuration must be a dict"):
         resolve([("learning_rate", 1)])
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"muon_learning_rate": 0}, "config: muon_learning_rate must be > 0, got 0"),
+    ({"muon_learning_rate": "0.02"}, "muon_learning_rate must be a number, got '0.02'"),
+    ({"muon_momentum": 1.0}, "muon_momentum must be in [0, 1), got 1.0"),
+    ({"muon_momentum": -0.5}, "muon_momentum must be in [0, 1), got -0.5"),
+    ({"muon_nesterov": "yes"}, "muon_nesterov must be true or false, got 'yes'"),
+    ({"muon_ns_steps": 0}, "muon_ns_steps must be > 0, got 0"),
+    ({"muon_ns_steps": 5.0}, "muon_ns_steps must be an integer, got 5.0"),
+    ({"muon_adjust_lr": "match_rms"},
+     "muon_adjust_lr='match_rms' is not one of original, match_rms_adamw; did you mean 'match_rms_adamw'?"),
+    ({"muon_lr": 0.02}, "unknown config key 'muon_lr'; did you mean"),
+])
+def test_bad_muon_settings_are_one_line_errors_naming_the_key(layer, message):
+    with pytest.raises(ValueError) as info:
+        resolve({"optimizer": "muon", **layer})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_muon_keys_default_to_torch_and_keller_jordans_settings():
+    cfg = resolve({"optimizer": "muon", "muon_learning_rate": 1, "muon_momentum": 0})
+    assert cfg["muon_learning_rate"] == 1.0 and isinstance(cfg["muon_learning_rate"], float)
+    assert cfg["muon_momentum"] == 0.0 and isinstance(cfg["muon_momentum"], float)
+    assert (DEFAULTS["muon_learning_rate"], DEFAULTS["muon_momentum"], DEFAULTS["muon_nesterov"],
+            DEFAULTS["muon_ns_steps"], DEFAULTS["muon_adjust_lr"]) == (0.02, 0.95, True, 5, "original")

@@ -18,7 +18,7 @@ cython_cpu = backends.get("cython")
 
 # blocked_matmul accumulates in the data dtype, in another order than BLAS: float32 sums of K
 # products of N(0, 1) numbers differ by a few ulps of sqrt(K), well inside these bounds.
-MATMUL_TOLERANCE = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-12, atol=1e-12)}
+MATMUL_TOLERANCE = {np.float32: {"rtol": 1e-4, "atol": 1e-4}, np.float64: {"rtol": 1e-12, "atol": 1e-12}}
 
 # Sizes around the block sizes (64 rows, 128 of K, 256 columns) and the k-unroll of 4.
 sizes = st.one_of(st.integers(1, 9), st.sampled_from([63, 64, 65, 127, 128, 129, 131, 255, 256, 257, 300]))
@@ -66,6 +66,35 @@ def test_wrapper_rejects_int_arrays_with_a_clear_error():
         cython_cpu.gelu_forward(np.ones(3, dtype=np.float16))
     with pytest.raises(ValueError, match="targets must be an integer array"):
         cython_cpu.cross_entropy_forward(np.ones((2, 3)), np.array([0.0, 1.0]), -100)
+    with pytest.raises(ValueError, match="x is int64"):
+        cython_cpu.rmsnorm_forward(ints, np.ones(4))
+    with pytest.raises(ValueError, match="rstd is int64"):
+        cython_cpu.rmsnorm_backward(np.ones((3, 4)), np.ones((3, 4)), np.ones(4), np.ones(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="cos is int64"):
+        cython_cpu.rope_forward(np.ones((2, 4)), np.ones((2, 2), dtype=np.int64), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="float16"):
+        cython_cpu.rope_backward(np.ones((2, 4), dtype=np.float16), np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="up is int64"):
+        cython_cpu.swiglu_forward(np.ones(3), np.arange(3))
+    with pytest.raises(ValueError, match="dout is int64"):
+        cython_cpu.swiglu_backward(np.arange(3), np.ones(3), np.ones(3))
+
+
+def test_llama_kernels_check_the_shapes_their_loops_trust():
+    with pytest.raises(ValueError, match=r"rope_forward: x \(M, T, hd\) with an even hd needs cos and sin \(T, hd/2\)"):
+        cython_cpu.rope_forward(np.ones((2, 5, 8)), np.ones((4, 4)), np.ones((4, 4)))  # T = 5, table for 4
+    with pytest.raises(ValueError, match="rope_backward: .*even hd"):
+        cython_cpu.rope_backward(np.ones((5, 7)), np.ones((5, 3)), np.ones((5, 3)))
+    with pytest.raises(ValueError, match=r"rope: x must be \(\.\.\., T, hd\)"):
+        cython_cpu.rope_forward(np.ones(8), np.ones((1, 4)), np.ones((1, 4)))
+    with pytest.raises(ValueError, match="weight has 3 channels, x has C=4"):
+        cython_cpu.rmsnorm_forward(np.ones((2, 4)), np.ones(3))
+    with pytest.raises(ValueError, match="rstd must have N=2"):
+        cython_cpu.rmsnorm_backward(np.ones((2, 4)), np.ones((2, 4)), np.ones(4), np.ones(3))
+    with pytest.raises(ValueError, match="swiglu_forward: up"):
+        cython_cpu.swiglu_forward(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="swiglu_backward: dout, up"):
+        cython_cpu.swiglu_backward(np.ones(4), np.ones(3), np.ones(3))
 
 
 def test_targets_out_of_range_are_an_index_error_not_a_wild_read():
@@ -100,6 +129,8 @@ def test_nan_propagates_and_large_logits_do_not_overflow():
     assert np.isnan(losses[0]) and np.isfinite(losses[1]) and lse[1] == pytest.approx(1000.3133, rel=1e-6)
     assert np.isnan(cython_cpu.gelu_forward(np.array([np.nan]))).all()
     assert np.isnan(cython_cpu.layernorm_forward(x[:1], np.ones(3, np.float32), np.zeros(3, np.float32))[0]).all()
+    assert np.isnan(cython_cpu.rmsnorm_forward(x[:1], np.ones(3, np.float32))[0]).all()
+    assert np.isnan(cython_cpu.swiglu_forward(x[0], x[0])[1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -110,8 +141,8 @@ def test_gelu_matches_float64_math_far_into_both_tails(dtype):
     the backward near x = -5 (NumPy's own float32 is off by 0.5e-6 and 1.2e-6 there)."""
     x = np.concatenate([np.linspace(-12, 12, 100_001), [np.inf, -np.inf, np.nan]]).astype(dtype)
     x64 = x.astype(np.float64)
-    forward_tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-    backward_tol = dict(rtol=2e-5, atol=5e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    forward_tol = {"rtol": 2e-5, "atol": 2e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    backward_tol = {"rtol": 2e-5, "atol": 5e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
     with np.errstate(invalid="ignore"):  # -inf * 0 is NaN in numpy_ref too
         np.testing.assert_allclose(cython_cpu.gelu_forward(x), numpy_ref.gelu_forward(x64), **forward_tol)
         np.testing.assert_allclose(cython_cpu.gelu_backward(np.ones_like(x), x),
@@ -127,7 +158,22 @@ def test_leading_axes_and_non_contiguous_inputs_are_handled():
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cython_cpu.softmax_forward(x), numpy_ref.softmax_forward(x), rtol=1e-12)
     np.testing.assert_allclose(cython_cpu.gelu_backward(x, x), numpy_ref.gelu_backward(x, x), rtol=1e-12)
-    assert not x.flags.c_contiguous  # inputs are never modified or re-laid out in place
+    for got, want in zip(cython_cpu.rmsnorm_forward(x, w), numpy_ref.rmsnorm_forward(x, w), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    rstd = numpy_ref.rmsnorm_forward(x, w)[1]
+    for got, want in zip(cython_cpu.rmsnorm_backward(x, x, w, rstd), numpy_ref.rmsnorm_backward(x, x, w, rstd),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cython_cpu.swiglu_forward(x, x), numpy_ref.swiglu_forward(x, x), rtol=1e-12)
+    for got, want in zip(cython_cpu.swiglu_backward(x, x, x), numpy_ref.swiglu_backward(x, x, x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    q = rng.normal(size=(2, 3, 4, 6)).transpose(0, 2, 1, 3)  # (B, H, T, hd) as a view of (B, T, H, hd)
+    angles = rng.normal(size=(3, 3))
+    cos, sin = np.cos(angles)[:, ::-1], np.sin(angles)[:, ::-1]  # strided tables too
+    np.testing.assert_allclose(cython_cpu.rope_forward(q, cos, sin), numpy_ref.rope_forward(q, cos, sin), rtol=1e-12)
+    np.testing.assert_allclose(cython_cpu.rope_backward(q, cos, sin), numpy_ref.rope_backward(q, cos, sin), rtol=1e-12)
+    assert not x.flags.c_contiguous and not q.flags.c_contiguous  # inputs are never modified or re-laid out in place
 
 
 def test_causal_softmax_refuses_more_queries_than_keys():

@@ -141,6 +141,10 @@ ACTIVATION_CASES = [  # (model config, B, T)
     (dict(vocab_size=300, embedding_dim=32, num_layers=3, ffn_hidden_dim=40, num_heads=4, num_kv_heads=1,
           max_seq_len=32, dropout=0.2, dtype="float32"), 1, 32),
     (dict(vocab_size=7, embedding_dim=8, num_layers=2, num_heads=2, max_seq_len=5, dtype="float64"), 4, 5),
+    (dict(vocab_size=50, embedding_dim=16, num_layers=2, num_heads=4, max_seq_len=8, architecture="llama",
+          dtype="float32"), 2, 8),
+    (dict(vocab_size=101, embedding_dim=24, num_layers=1, num_heads=6, num_kv_heads=2, max_seq_len=20,
+          dropout=0.1, architecture="llama", tie_embeddings=False, dtype="float64"), 3, 16),
 ]
 
 

@@ -1,8 +1,8 @@
 """Every op's backward against central differences in float64, on hypothesis-drawn shapes.
 
 The bar is the design's: relative error (nanollm.gradcheck.relative_error) below 1e-6.
-Shapes include B = 1, T = 1 and odd sizes; attention includes num_kv_heads < num_heads;
-cross-entropy includes ignored targets.
+Shapes include B = 1, T = 1 and odd sizes; attention includes num_kv_heads < num_heads and
+rotary embeddings; cross-entropy includes ignored targets.
 """
 
 import numpy as np
@@ -20,6 +20,9 @@ from nanollm.ops import (
     linear_backward, linear_forward,
     mlp_backward, mlp_forward,
     residual_backward, residual_forward,
+    rmsnorm_backward, rmsnorm_forward,
+    rope_backward, rope_forward, rope_tables,
+    swiglu_backward, swiglu_forward, swiglu_mlp_backward, swiglu_mlp_forward,
 )
 
 TOLERANCE = 1e-6
@@ -121,6 +124,52 @@ def test_attention_with_grouped_query_heads(backend, b, t, heads, head_dim, drop
 
     inputs = dict(qkv=normal(rng, b, t, (num_heads + 2 * num_kv_heads) * head_dim, scale=1.5))
     assert_close(check_op_gradients(forward, attention_backward, inputs, ("qkv",), seed))
+
+
+@given(batch, time, st.sampled_from([(1, 1), (2, 2), (2, 1), (4, 2), (4, 1), (6, 2)]),
+       st.sampled_from([2, 4, 6]), st.integers(0, 5), seeds)
+def test_attention_with_rotary_embeddings(backend, b, t, heads, head_dim, offset, seed):
+    """Llama's attention: q and k rotated by the angles of positions offset .. offset + T."""
+    num_heads, num_kv_heads = heads
+    rng = np.random.default_rng(seed)
+    cos, sin = rope_tables(offset + t, head_dim, base=100.0, dtype="float64")
+
+    def forward(qkv):
+        return attention_forward(qkv, num_heads, num_kv_heads, rope=(cos[offset:], sin[offset:]))
+
+    inputs = dict(qkv=normal(rng, b, t, (num_heads + 2 * num_kv_heads) * head_dim, scale=1.5))
+    assert_close(check_op_gradients(forward, attention_backward, inputs, ("qkv",), seed))
+
+
+@given(batch, time, channels, seeds)
+def test_rmsnorm(backend, b, t, c, seed):
+    rng = np.random.default_rng(seed)
+    inputs = dict(x=normal(rng, b, t, c, scale=2.0) + 0.5, weight=normal(rng, c) + 1.0)
+    assert_close(check_op_gradients(rmsnorm_forward, rmsnorm_backward, inputs, ("x", "weight"), seed))
+
+
+@given(batch, st.integers(1, 3), time, st.sampled_from([2, 4, 8]), seeds)
+def test_rope(backend, b, h, t, head_dim, seed):
+    rng = np.random.default_rng(seed)
+    cos, sin = rope_tables(t, head_dim, dtype="float64")
+    inputs = dict(x=normal(rng, b, h, t, head_dim))
+    assert_close(check_op_gradients(lambda x: rope_forward(x, cos, sin), rope_backward, inputs, ("x",), seed))
+
+
+@given(batch, time, channels, seeds)
+def test_swiglu_gate(backend, b, t, f, seed):
+    rng = np.random.default_rng(seed)
+    inputs = dict(gate=normal(rng, b, t, f, scale=3.0), up=normal(rng, b, t, f))
+    assert_close(check_op_gradients(swiglu_forward, swiglu_backward, inputs, ("gate", "up"), seed))
+
+
+@given(batch, time, channels, channels, seeds)
+def test_swiglu_mlp(backend, b, t, c, f, seed):
+    rng = np.random.default_rng(seed)
+    inputs = dict(x=normal(rng, b, t, c), gate_weight=normal(rng, c, f), up_weight=normal(rng, c, f),
+                  down_weight=normal(rng, f, c))
+    assert_close(check_op_gradients(swiglu_mlp_forward, swiglu_mlp_backward, inputs,
+                                    ("x", "gate_weight", "up_weight", "down_weight"), seed))
 
 
 @given(batch, time, st.integers(1, 11), st.floats(0.0, 0.7), seeds)

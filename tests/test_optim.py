@@ -1,12 +1,27 @@
 """Optimizers against steps computed by hand (and against PyTorch when it is installed),
-gradient clipping, and the learning-rate schedules at chosen steps."""
+gradient clipping, the learning-rate schedules at chosen steps, and Muon (its Newton-Schulz
+orthogonalisation, its steps, which parameters it takes, a model that learns with it)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from nanollm.optim import OPTIMIZERS, clip_grad_norm, global_grad_norm
+from nanollm import CharTokenizer, TransformerLanguageModel, train_with_config
+from nanollm.config import resolve
+from nanollm.optim import (
+    NS_COEFFICIENTS,
+    OPTIMIZERS,
+    clip_grad_norm,
+    global_grad_norm,
+    hyperparameters,
+    muon_init,
+    muon_lr_factor,
+    muon_update,
+    newton_schulz,
+    rule_for,
+    uses_muon,
+)
 from nanollm.schedule import lr_at
 
 P0, G1, G2 = np.array([1.0, -2.0, 0.5]), np.array([0.1, 0.2, -0.3]), np.array([-0.4, 0.05, 0.3])
@@ -152,3 +167,118 @@ def test_cosine_is_monotone_after_warmup():
 def test_schedule_errors_name_the_key(cfg, message):
     with pytest.raises(ValueError, match=message):
         lr_at(5, cfg)
+
+
+# ------------------------------------------------------------------------- Muon
+
+def matrix_with_singular_values(shape, singular_values, rng, dtype="float64"):
+    """U diag(s) V^T of ``shape`` with random orthonormal U, V: a matrix whose spectrum is known."""
+    m, n = shape
+    u, _ = np.linalg.qr(rng.normal(size=(m, len(singular_values))))   # (m, r)
+    v, _ = np.linalg.qr(rng.normal(size=(n, len(singular_values))))   # (n, r)
+    return ((u * singular_values) @ v.T).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(16, 48), (48, 16), (32, 32)])
+def test_newton_schulz_is_near_orthogonal_with_the_same_singular_vectors(shape, dtype):
+    rng = np.random.default_rng(0)
+    r = min(shape)
+    s = np.geomspace(1.0, 0.05, r) * 7.0   # condition number 20, any overall scale
+    g = matrix_with_singular_values(shape, s, rng, dtype)
+    o = newton_schulz(g)
+    assert o.shape == g.shape and o.dtype == g.dtype
+    singular = np.linalg.svd(o.astype(np.float64), compute_uv=False)
+    assert singular.min() > 0.67 and singular.max() < 1.15   # [0.68, 1.14]: the quintic's band after 5 steps
+    # exactly U p(p(p(p(p(S / ||g||_F))))) V^T: the iteration acts on each singular value alone
+    u, sv, vt = np.linalg.svd(g.astype(np.float64), full_matrices=False)
+    x = sv / np.linalg.norm(sv)
+    a, b, c = NS_COEFFICIENTS
+    for _ in range(5):
+        x = a * x + b * x**3 + c * x**5
+    tolerance = 1e-10 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(o, (u * x) @ vt, atol=tolerance)
+
+
+def test_newton_schulz_of_the_transpose_is_the_transpose():
+    g = np.random.default_rng(1).normal(size=(12, 40))
+    assert np.array_equal(newton_schulz(g.T), newton_schulz(g).T)   # both iterate on the wide one
+    square = np.random.default_rng(2).normal(size=(20, 20))
+    np.testing.assert_allclose(newton_schulz(square.T), newton_schulz(square).T, atol=1e-12)
+    assert np.array_equal(newton_schulz(np.zeros((3, 5))), np.zeros((3, 5)))   # eps guards the division
+
+
+def test_muon_lr_factor_reads_nanollms_in_out_layout_as_torchs_out_in():
+    # a (in=8, out=24) weight here is torch's (out=24, in=8) Linear weight: A=24, B=8
+    assert muon_lr_factor((8, 24)) == math.sqrt(3.0) and muon_lr_factor((24, 8)) == 1.0 == muon_lr_factor((9, 9))
+    assert muon_lr_factor((8, 24), "match_rms_adamw") == 0.2 * math.sqrt(24) == muon_lr_factor((24, 8), "match_rms_adamw")
+    with pytest.raises(ValueError, match="adjust_lr='sqrt' is not one of original, match_rms_adamw"):
+        muon_lr_factor((8, 24), "sqrt")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_steps_by_hand(dtype, nesterov):
+    rng = np.random.default_rng(3)
+    p0 = rng.normal(size=(6, 10)).astype(dtype)   # (in, out): a widening layer, lr factor sqrt(10/6)
+    g1, g2 = (rng.normal(size=p0.shape).astype(dtype) for _ in range(2))
+    p, state = p0.copy(), muon_init(p0)
+    hyper = {"lr": 0.02, "momentum": 0.9, "nesterov": nesterov, "weight_decay": 0.1}
+    muon_update(p, g1, state, **hyper)
+    assert p.dtype == p0.dtype and p.shape == p0.shape and state["step"] == 1
+    scale = 0.02 * math.sqrt(10 / 6)
+    one = p0 * (1 - 0.002) - scale * newton_schulz(g1)   # buffer (and Nesterov mix) a multiple of g1
+    tolerance = {"rtol": 1e-12, "atol": 1e-14} if dtype == "float64" else {"rtol": 1e-5, "atol": 1e-6}
+    np.testing.assert_allclose(p, one, **tolerance)
+    muon_update(p, g2, state, **hyper)
+    buf = 0.9 * (0.1 * g1) + 0.1 * g2
+    direction = 0.1 * g2 + 0.9 * buf if nesterov else buf
+    np.testing.assert_allclose(state["momentum_buffer"], buf, **tolerance)
+    np.testing.assert_allclose(p, one * (1 - 0.002) - scale * newton_schulz(direction), **tolerance)
+    assert state["momentum_buffer"].dtype == p0.dtype
+
+
+def test_muon_takes_matrices_only():
+    with pytest.raises(ValueError, match="2-D weight matrices only"):
+        muon_init(np.zeros(4))
+    with pytest.raises(ValueError, match="2-D weight matrices only"):
+        muon_update(np.zeros(4), np.ones(4), {"momentum_buffer": np.zeros(4), "step": 0}, lr=0.1)
+
+
+def test_muon_routes_the_hidden_matrices_and_leaves_the_rest_to_adamw():
+    model = TransformerLanguageModel(vocab_size=11, embedding_dim=8, num_layers=2, num_heads=2, ffn_hidden_dim=16,
+                                     max_seq_len=8, seed=0)
+    chosen = {name for name, p in model.params.items() if uses_muon(name, p)}
+    assert chosen == {f"blocks.{i}.{w}.weight" for i in range(2) for w in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
+    assert not uses_muon("lm_head.weight", (8, 11)) and uses_muon("blocks.0.mlp.fc.weight", (8, 16))
+
+    cfg = resolve({"optimizer": "muon", "learning_rate": 1e-3, "muon_learning_rate": 0.03, "muon_momentum": 0.9,
+                   "betas": (0.8, 0.95), "eps": 1e-7})
+    muon = rule_for("blocks.1.attn.proj.weight", model.params["blocks.1.attn.proj.weight"], cfg)
+    assert muon.optimizer is OPTIMIZERS["muon"] and muon.lr_factor == pytest.approx(30.0)
+    assert muon.hyper == {"momentum": 0.9, "nesterov": True, "ns_steps": 5, "adjust_lr": "original"} \
+        == hyperparameters(cfg)
+    for name in ("wte", "wpe", "blocks.0.ln1.weight", "blocks.0.mlp.fc.bias"):
+        rule = rule_for(name, model.params[name], cfg)
+        assert rule.optimizer is OPTIMIZERS["adamw"] and rule.lr_factor == 1.0
+        assert rule.hyper == {"beta1": 0.8, "beta2": 0.95, "eps": 1e-7} == hyperparameters(cfg, "adamw")
+    plain = resolve({"optimizer": "lion"})
+    assert rule_for("blocks.0.mlp.fc.weight", model.params["blocks.0.mlp.fc.weight"], plain) == \
+        (OPTIMIZERS["lion"], hyperparameters(plain), 1.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_small_model_learns_with_muon(dtype):
+    with open("data/raw/sample.txt", encoding="utf-8") as f:
+        text = f.read()[:20_000]
+    tokenizer = CharTokenizer().build_vocab(text)
+    ids = np.array(tokenizer.encode(text))
+    model = TransformerLanguageModel(tokenizer.vocab_size, embedding_dim=32, num_layers=2, num_heads=4,
+                                     ffn_hidden_dim=64, max_seq_len=32, dtype=dtype, seed=0)
+    before = {name: p.copy() for name, p in model.params.items()}
+    results = train_with_config(model, ids, {"optimizer": "muon", "num_steps": 60, "batch_size": 8,
+                                             "learning_rate": 3e-3, "log_interval": 0, "eval_interval": 0,
+                                             "eval_steps": 4})
+    history = results["history"]
+    assert results["final_loss"] < 0.75 * history[0]["loss"] and math.isfinite(results["final_val_loss"])
+    assert all(p.dtype == np.dtype(dtype) and not np.array_equal(p, before[name]) for name, p in model.params.items())

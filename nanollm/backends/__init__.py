@@ -30,6 +30,12 @@ PRIMITIVES = (
     "layernorm_backward",
     "gelu_forward",
     "gelu_backward",
+    "rmsnorm_forward",
+    "rmsnorm_backward",
+    "rope_forward",
+    "rope_backward",
+    "swiglu_forward",
+    "swiglu_backward",
     "cross_entropy_forward",
     "cross_entropy_backward",
     "embedding_backward",
@@ -42,8 +48,8 @@ _REGISTRY = {
     "numpy": ("nanollm.backends.numpy_ref", "numpy is a core dependency: reinstall with `pip install .`"),
     "numba": ("nanollm.backends.numba_cpu", "numba is a core dependency: reinstall with `pip install .`"),
     "cython": ("nanollm.backends.cython_cpu",
-               "its kernels are compiled from kernels/*.pyx when nanollm is installed: reinstall with "
-               "`pip install .` (needs a C compiler; in a source checkout `python setup.py build_ext --inplace`)"),
+               ("its kernels are compiled from kernels/*.pyx when nanollm is installed: reinstall with "
+                "`pip install .` (needs a C compiler; in a source checkout `python setup.py build_ext --inplace`)")),
 }
 DEFAULT_BACKEND = "auto"
 

@@ -13,19 +13,30 @@ Rules the kernels keep:
   in their common type, as NumPy would). Sums accumulate in double for both.
 - Built portable (-O3 with reassociation so row sums vectorise; no -ffinite-math-only, no
   -march=native; see setup.py): NaN and Inf propagate.
-- float32 GELU uses the same vectorisable rational tanh as numba_cpu; exp is libc's, one call
-  per element, so the softmax forward and cross-entropy are slower than NumPy's SIMD np.exp.
+- float32 GELU and SwiGLU use the same vectorisable rational tanh and exp as numba_cpu
+  (kernels/fastmath.pxd); elsewhere exp is libc's, one call per element, so the softmax forward
+  and cross-entropy are slower than NumPy's SIMD np.exp.
 - One core: the loops release the GIL but do not spread rows over threads (no OpenMP).
 - Rows of the causal softmax never touch their masked (future) half.
 
-Shapes: ``...`` is any number of leading axes; the wrapper flattens them to rows (N, C).
+Shapes: ``...`` is any number of leading axes; the wrapper flattens them to rows (N, C) (RoPE:
+to (M, T, hd), M the leading axes).
 """
 
 import math
 
 import numpy as np
 
-from nanollm.backends import _gelu, _layernorm, _matmul, _softmax, numpy_ref
+from nanollm.backends import (
+    _gelu,
+    _layernorm,
+    _matmul,
+    _rmsnorm,
+    _rope,
+    _softmax,
+    _swiglu,
+    numpy_ref,
+)
 
 blocked_matmul = _matmul.blocked_matmul  # the teaching reference (see kernels/matmul.pyx)
 
@@ -136,6 +147,55 @@ def layernorm_backward(dout, x, weight, mean, rstd):
     return dx.reshape(np.shape(x)), dweight.astype(dtype, copy=False), dbias.astype(dtype, copy=False)
 
 
+# ----------------------------------------------------------------------------- RMSNorm
+
+
+def rmsnorm_forward(x, weight, eps=1e-5):
+    """-> out (..., C), rstd (...) (see numpy_ref)."""
+    dtype = _dtype(x=x, weight=weight)
+    rows = _rows(x, dtype)
+    out = np.empty_like(rows)
+    rstd = np.empty(rows.shape[0], dtype=dtype)
+    _rmsnorm.rmsnorm_forward(rows, _flat(weight, dtype), float(eps), out, rstd)
+    return out.reshape(np.shape(x)), rstd.reshape(np.shape(x)[:-1])
+
+
+def rmsnorm_backward(dout, x, weight, rstd):
+    """-> dx (..., C), dweight (C,) (see numpy_ref)."""
+    dtype = _dtype(dout=dout, x=x, weight=weight, rstd=rstd)
+    rows = _rows(x, dtype)
+    dx = np.empty_like(rows)
+    dweight = np.zeros(rows.shape[1])  # a float64 accumulator, cast to dtype below
+    _rmsnorm.rmsnorm_backward(_rows(dout, dtype), rows, _flat(weight, dtype), _flat(rstd, dtype), dx, dweight)
+    return dx.reshape(np.shape(x)), dweight.astype(dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+def _rotate(kernel, x, cos, sin):
+    """x (..., T, hd) -> (..., T, hd) through kernel (forward or backward); the kernel checks
+    that cos and sin are (T, hd/2)."""
+    dtype = _dtype(x=x, cos=cos, sin=sin)
+    if np.ndim(x) < 2 or np.ndim(cos) != 2 or np.ndim(sin) != 2:
+        raise ValueError(f"rope: x must be (..., T, hd) and cos, sin (T, hd/2); got x {np.shape(x)}, "
+                         f"cos {np.shape(cos)}, sin {np.shape(sin)}")
+    stack = _stack(x, dtype)
+    out = np.empty_like(stack)
+    kernel(stack, np.ascontiguousarray(cos, dtype=dtype), np.ascontiguousarray(sin, dtype=dtype), out)
+    return out.reshape(np.shape(x))
+
+
+def rope_forward(x, cos, sin):
+    """Rotary position embedding, half-split pairs (see numpy_ref)."""
+    return _rotate(_rope.rope_forward, x, cos, sin)
+
+
+def rope_backward(dout, cos, sin):
+    """The rotation by minus the angle (see numpy_ref)."""
+    return _rotate(_rope.rope_backward, dout, cos, sin)
+
+
 # ----------------------------------------------------------------------------- GELU
 
 
@@ -154,6 +214,27 @@ def gelu_backward(dout, x):
     dx = np.empty_like(flat)
     _gelu.gelu_backward(_flat(dout, dtype), flat, dx)
     return dx.reshape(np.shape(x))
+
+
+# ----------------------------------------------------------------------------- SwiGLU
+
+
+def swiglu_forward(gate, up):
+    """silu(gate) * up, elementwise (see numpy_ref)."""
+    dtype = _dtype(gate=gate, up=up)
+    flat = _flat(gate, dtype)
+    out = np.empty_like(flat)
+    _swiglu.swiglu_forward(flat, _flat(up, dtype), out)
+    return out.reshape(np.shape(gate))
+
+
+def swiglu_backward(dout, gate, up):
+    """-> dgate, dup (...) (see numpy_ref)."""
+    dtype = _dtype(dout=dout, gate=gate, up=up)
+    flat = _flat(gate, dtype)
+    dgate, dup = np.empty_like(flat), np.empty_like(flat)
+    _swiglu.swiglu_backward(_flat(dout, dtype), flat, _flat(up, dtype), dgate, dup)
+    return dgate.reshape(np.shape(gate)), dup.reshape(np.shape(gate))
 
 
 # ----------------------------------------------------------------------------- cross-entropy

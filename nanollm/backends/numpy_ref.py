@@ -75,6 +75,60 @@ def layernorm_backward(dout, x, weight, mean, rstd):
     return dx, dweight, dbias
 
 
+def rmsnorm_forward(x, weight, eps=1e-5):
+    """x (..., C) -> out (..., C), rstd (...): RMSNorm (Llama), out = x / rms(x) * weight with
+    rms(x) = sqrt(mean(x^2) + eps). No mean is subtracted and there is no bias."""
+    rstd = 1.0 / np.sqrt((x * x).mean(axis=-1) + x.dtype.type(eps))
+    return x * rstd[..., None] * weight, rstd
+
+
+def rmsnorm_backward(dout, x, weight, rstd):
+    """Gradients of rmsnorm_forward: dx (..., C), dweight (C,).
+
+    With xhat = x * rstd and g = dout * weight:  dx = rstd * (g - xhat * mean(g * xhat))."""
+    xhat = x * rstd[..., None]
+    dweight = (dout * xhat).sum(axis=tuple(range(x.ndim - 1)))
+    g = dout * weight
+    dx = rstd[..., None] * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return dx, dweight
+
+
+def rope_forward(x, cos, sin):
+    """Rotary position embedding, half-split layout (GPT-NeoX, Hugging Face Llama).
+
+    x (..., T, hd), cos and sin (T, hd / 2) -> out (..., T, hd). Channel i of the first half
+    and channel i of the second half form a pair, rotated by the angle of position t:
+        out1 = x1 cos - x2 sin ;  out2 = x2 cos + x1 sin."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def rope_backward(dout, cos, sin):
+    """dx (..., T, hd): a rotation's transpose is the rotation by minus the angle."""
+    half = dout.shape[-1] // 2
+    d1, d2 = dout[..., :half], dout[..., half:]
+    return np.concatenate([d1 * cos + d2 * sin, d2 * cos - d1 * sin], axis=-1)
+
+
+def _sigmoid(x):
+    """1 / (1 + exp(-x)) written as (1 + tanh(x / 2)) / 2, which never overflows."""
+    half = x.dtype.type(0.5)
+    return half * (1 + np.tanh(half * x))
+
+
+def swiglu_forward(gate, up):
+    """SwiGLU's gating: silu(gate) * up, elementwise, with silu(g) = g * sigmoid(g).
+    gate, up (...) -> out (...)."""
+    return gate * _sigmoid(gate) * up
+
+
+def swiglu_backward(dout, gate, up):
+    """dgate, dup (...): with s = sigmoid(gate), d silu / d gate = s (1 + gate (1 - s))."""
+    s = _sigmoid(gate)
+    return dout * up * s * (1 + gate * (1 - s)), dout * gate * s
+
+
 def gelu_forward(x):
     """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     inner = x.dtype.type(GELU_SCALE) * (x + x.dtype.type(GELU_CUBIC) * x * x * x)

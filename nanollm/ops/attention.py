@@ -8,12 +8,20 @@ Query head h reads key/value head h // G, where G = H / H_kv is the group size
 Instead of copying each key/value head G times, queries are viewed as (B, H_kv, G, T, hd)
 and keys as (B, H_kv, 1, T, hd): matmul broadcasts over the group axis, and the backward
 sums the group axis back down.
+
+Llama rotates queries and keys by their positions first (``rope``, see ops/rope.py); GPT-2
+has learned positions added to the input instead and passes no rope.
+
+In generation a KV cache (nanollm.kv_cache) keeps the keys and values of the positions already
+seen, so each new token computes its own q, k, v only and attends over the cached keys: the
+queries are then the last Tq of Tk positions, which the causal softmax supports.
 """
 
 import math
 
 from nanollm import backends
 from nanollm.ops.dropout import dropout_backward, dropout_forward
+from nanollm.ops.rope import rope_backward, rope_forward
 
 
 def _split_heads(qkv, num_heads, num_kv_heads):
@@ -34,20 +42,35 @@ def _merge_heads(y):
     return y.transpose(0, 3, 1, 2, 4).reshape(batch, time, num_kv_heads * group * head_dim)
 
 
-def attention_forward(qkv, num_heads, num_kv_heads, dropout=0.0, rng=None, training=True):
+def attention_forward(qkv, num_heads, num_kv_heads, dropout=0.0, rng=None, training=True, rope=None,
+                      past=None):
     """qkv (B, T, (H + 2 H_kv) hd) -> out (B, T, H hd).
 
     out = softmax(q k^T / sqrt(hd), masked to the past) v, per head; dropout (when training)
     is applied to the attention probabilities, as in GPT-2.
+    rope: (cos, sin) tables (T, hd/2) of these T positions, or None (no rotary embeddings).
+    past: (keys, values, start) of one layer of a KV cache, buffers (B, H_kv, 1, T_max, hd):
+    these T positions' keys and values are written at start, and the queries attend over
+    every key up to start + T. Inference only: the returned cache is None.
     """
     prims = backends.current()
     q, k, v = _split_heads(qkv, num_heads, num_kv_heads)
+    if rope is not None:
+        q, rope = rope_forward(q, *rope)  # rope_forward's cache is the (cos, sin) pair itself
+        k, _ = rope_forward(k, *rope)
+    if past is not None:
+        keys, values, start = past
+        end = start + qkv.shape[1]
+        keys[:, :, :, start:end], values[:, :, :, start:end] = k, v
+        k, v = keys[:, :, :, :end], values[:, :, :, :end]  # (B, H_kv, 1, start + T, hd)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = prims.matmul(q, k.swapaxes(-1, -2))  # (B, H_kv, G, T, T)
-    probs = prims.causal_softmax_forward(scores, scale)  # (B, H_kv, G, T, T), zero above the diagonal
+    scores = prims.matmul(q, k.swapaxes(-1, -2))  # (B, H_kv, G, Tq, Tk)
+    probs = prims.causal_softmax_forward(scores, scale)  # (B, H_kv, G, Tq, Tk), zero above the diagonal
+    if past is not None:
+        return _merge_heads(prims.matmul(probs, v)), None
     dropped, dropout_cache = dropout_forward(probs, dropout, rng, training)
     y = prims.matmul(dropped, v)  # (B, H_kv, G, T, hd)
-    cache = (q, k, v, probs, dropped, dropout_cache, scale, qkv.shape)
+    cache = (q, k, v, probs, dropped, dropout_cache, scale, qkv.shape, rope)
     return _merge_heads(y), cache
 
 
@@ -55,7 +78,9 @@ def attention_backward(dout, cache):
     """dout (B, T, H hd) -> dqkv (B, T, (H + 2 H_kv) hd)."""
     prims = backends.current()
     xp = backends.array_module(dout)
-    q, k, v, probs, dropped, dropout_cache, scale, qkv_shape = cache
+    if cache is None:
+        raise RuntimeError("attention_backward needs the cache of a training forward (not one with a KV cache)")
+    q, k, v, probs, dropped, dropout_cache, scale, qkv_shape, rope = cache
     batch, time, _ = dout.shape
     _, num_kv_heads, group, _, head_dim = q.shape
     dy = dout.reshape(batch, time, num_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)  # like q
@@ -65,6 +90,9 @@ def attention_backward(dout, cache):
     dscores = prims.causal_softmax_backward(dprobs, probs, scale)  # (B, H_kv, G, T, T)
     dq = prims.matmul(dscores, k)  # (B, H_kv, G, T, hd)
     dk = prims.matmul(dscores.swapaxes(-1, -2), q).sum(axis=2)  # (B, H_kv, T, hd)
+    if rope is not None:  # back through the rotations: rotate by minus the angle
+        dq = rope_backward(dq, rope)
+        dk = rope_backward(dk, rope)
     dqkv = xp.empty(qkv_shape, dtype=dout.dtype)
     q_end, k_end = num_kv_heads * group * head_dim, num_kv_heads * (group + 1) * head_dim
     dqkv[..., :q_end] = _merge_heads(dq)
