@@ -28,7 +28,7 @@ DEFAULTS = {
     "vocab_size": None,           # tokens in the vocabulary
     "embedding_dim": None,        # channels C of the residual stream
     "num_layers": None,           # transformer blocks
-    "ffn_hidden_dim": None,       # hidden width of the MLP (GPT-2: 4 * embedding_dim)
+    "ffn_hidden_dim": None,       # hidden width of the MLP (None: gpt2 4 * embedding_dim, llama 8/3 * embedding_dim)
     "num_heads": None,            # attention heads
     "num_kv_heads": None,         # key/value heads (< num_heads: grouped-query attention)
     "architecture": None,         # gpt2 (layernorm, learned positions, GELU) or llama (RMSNorm, RoPE, SwiGLU); None: gpt2

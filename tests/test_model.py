@@ -20,9 +20,13 @@ def perturbed_tiny_model(seed=0, **overrides):
     return model
 
 
-@pytest.mark.parametrize("num_kv_heads", [4, 2, 1])
-def test_whole_model_gradient_check_every_parameter(backend, num_kv_heads):
-    model = perturbed_tiny_model(num_kv_heads=num_kv_heads)
+@pytest.mark.parametrize("architecture, num_kv_heads, tie_embeddings", [
+    ("gpt2", 4, True), ("gpt2", 2, False), ("gpt2", 1, True),
+    ("llama", 4, True), ("llama", 2, False), ("llama", 1, True),
+])
+def test_whole_model_gradient_check_every_parameter(backend, architecture, num_kv_heads, tie_embeddings):
+    model = perturbed_tiny_model(architecture=architecture, num_kv_heads=num_kv_heads, tie_embeddings=tie_embeddings,
+                                 rope_base=50.0)
     rng = np.random.default_rng(1)
     idx = rng.integers(0, 7, size=(2, 5))
     targets = rng.integers(0, 7, size=(2, 5))
