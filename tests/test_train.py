@@ -134,7 +134,11 @@ def _crash_at_step(monkeypatch, crash_step):
     monkeypatch.setattr(train_module._TrainingRun, "update", update)
 
 
-@pytest.mark.parametrize("mode", [{}, {"epochs": 2}, {"optimizer": "muon"}])  # muon: buffers and AdamW's m, v
+@pytest.mark.parametrize("mode", [
+    {}, {"epochs": 2},
+    {"optimizer": "muon"},  # muon: buffers and AdamW's m, v
+    {"lora_rank": 2, "lora_dropout": 0.1, "lora_targets": ["q", "v", "mlp"]},  # frozen base, adapters' state
+])
 def test_an_interrupted_and_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(
         ids, text_and_tokenizer, tmp_path, monkeypatch, mode):
     text, tokenizer = text_and_tokenizer
