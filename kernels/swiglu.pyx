@@ -9,7 +9,7 @@ output arrays the caller allocates (``nanollm/backends/cython_cpu.py``), in one 
 the GIL.
 
 The sigmoid is built from e = exp(-|g|) <= 1: s = 1 / (1 + e) for g >= 0, e / (1 + e) below.
-Nothing can overflow and nothing cancels (numpy_ref's (1 + tanh(g/2)) / 2 keeps one significant
+Nothing can overflow and nothing cancels (the tanh form (1 + tanh(g/2)) / 2 keeps one significant
 digit of a float32 sigmoid(-16)); far out s is exactly 0 or 1, so silu(-1000) is 0, not NaN;
 NaN stays NaN. float64 calls libc's ``exp``; float32 the vectorisable exp of ``fastmath.pxd``,
 since a call to libc's ``expf`` per element does not vectorise.

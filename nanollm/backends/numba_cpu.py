@@ -444,10 +444,10 @@ def gelu_backward(dout, x):
 
 # ----------------------------------------------------------------------------- SwiGLU
 
-# sigmoid(g) from e = exp(-|g|) <= 1: 1 / (1 + e) for g >= 0, e / (1 + e) below. Nothing can
-# overflow, nothing cancels (numpy_ref's (1 + tanh(g / 2)) / 2 loses the far tail: a float32
-# sigmoid(-16) there has one significant digit), far out s is exactly 0 or 1, so silu(-1000) is
-# 0 and not NaN, and NaN stays NaN. float32 takes a vectorisable exp (below), float64 math.exp.
+# sigmoid(g) from e = exp(-|g|) <= 1, as numpy_ref: 1 / (1 + e) for g >= 0, e / (1 + e) below.
+# Nothing can overflow, nothing cancels (the tanh form (1 + tanh(g / 2)) / 2 would lose the far
+# tail: a float32 sigmoid(-16) keeps one significant digit), far out s is exactly 0 or 1, so
+# silu(-1000) is 0 and not NaN, and NaN stays NaN. float32 takes a vectorisable exp (below), float64 math.exp.
 _SIGMOID_CHUNK = 2048  # float32 elements per pass of the exp: its two scratch rows stay in L1.
 # The scratch is allocated per chunk: allocating it once per block of 12 chunks measured 5x
 # slower (0.95 against 0.18 ms at (768, 512)).

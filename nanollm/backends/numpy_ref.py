@@ -112,9 +112,10 @@ def rope_backward(dout, cos, sin):
 
 
 def _sigmoid(x):
-    """1 / (1 + exp(-x)) written as (1 + tanh(x / 2)) / 2, which never overflows."""
-    half = x.dtype.type(0.5)
-    return half * (1 + np.tanh(half * x))
+    """1 / (1 + exp(-x)) from e = exp(-|x|) <= 1: 1 / (1 + e) for x >= 0, e / (1 + e) below.
+    Nothing overflows, and the far negative tail keeps its relative precision."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1, e) / (1 + e)
 
 
 def swiglu_forward(gate, up):
