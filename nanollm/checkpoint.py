@@ -40,11 +40,6 @@ STRUCTURE_KEYS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", 
                   "architecture", "tie_embeddings", "rope_base")
 
 
-def _to_host(array):
-    """A NumPy copy of a NumPy or CuPy array."""
-    return array.get() if backends.array_module(array) is not np else np.asarray(array)
-
-
 def _write_atomically(path, arrays):
     """np.savez to a temporary file beside ``path``, fsync, then rename over ``path``."""
     path = Path(path)
@@ -75,13 +70,13 @@ def save_checkpoint(path, model, optimizer_state=None, step=0, loss=None, config
     optimizer_state maps parameter names to the dicts that ``nanollm.optim`` keeps; rng_states
     maps names to ``Generator.bit_generator.state`` dicts; extra is any JSON-able dict of run
     state (best validation loss, ...). Returns the path."""
-    arrays = {f"params/{name}": _to_host(p) for name, p in model.params.items()}
+    arrays = {f"params/{name}": backends.to_numpy(p) for name, p in model.params.items()}
     optimizer_scalars = {}
     for name, state in (optimizer_state or {}).items():
         optimizer_scalars[name] = {}
         for key, value in state.items():
             if hasattr(value, "shape"):
-                arrays[f"optim/{name}/{key}"] = _to_host(value)
+                arrays[f"optim/{name}/{key}"] = backends.to_numpy(value)
             else:
                 optimizer_scalars[name][key] = value  # step counts, a buffer not yet created (None)
     metadata = {
@@ -106,12 +101,21 @@ def _open(path):
         raise ValueError(f"{path} is not a readable checkpoint (.npz): {exc}") from None
 
 
-def _metadata(path, archive):
+# kind -> (what a file of that kind is, the function that writes it, a hint when another kind is given)
+KINDS = {
+    KIND: ("a nanollm checkpoint", "save_checkpoint", ""),
+    ADAPTERS_KIND: ("a LoRA adapter file", "save_adapters", "; load a checkpoint with load_checkpoint"),
+}
+
+
+def _metadata(path, archive, kind=KIND):
+    """The JSON metadata of an archive of ``kind``, or a ValueError saying what the file is not."""
+    what, writer, hint = KINDS[kind]
     if METADATA_KEY not in archive.files:
-        raise ValueError(f"{path} is an .npz without nanollm metadata; it was not written by save_checkpoint")
+        raise ValueError(f"{path} is an .npz without nanollm metadata; it was not written by {writer}")
     metadata = json.loads(str(archive[METADATA_KEY]))
-    if metadata.get("kind") != KIND:
-        raise ValueError(f"{path} is not a nanollm checkpoint (kind {metadata.get('kind')!r})")
+    if metadata.get("kind") != kind:
+        raise ValueError(f"{path} is not {what} (kind {metadata.get('kind')!r}){hint}")
     if metadata["format_version"] > FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format {metadata['format_version']}, newer than this nanollm "
                          f"reads ({FORMAT_VERSION}); upgrade nanollm")
@@ -125,13 +129,14 @@ def read_checkpoint_metadata(path):
         return _metadata(path, archive)
 
 
-def read_checkpoint(path, prefix=""):
+def read_checkpoint(path, prefix="", kind=KIND):
     """(metadata dict, {name: array}) of a checkpoint file, or a ValueError saying what is wrong.
 
-    prefix: read only the arrays whose names start with it ("params/": not the optimizer state)."""
+    prefix: read only the arrays whose names start with it ("params/": not the optimizer state).
+    kind: ADAPTERS_KIND reads an adapter file written by save_adapters."""
     try:
         with _open(path) as archive:
-            metadata = _metadata(path, archive)
+            metadata = _metadata(path, archive, kind)
             arrays = {key: archive[key] for key in archive.files if key != METADATA_KEY and key.startswith(prefix)}
     except (zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{path} is not a readable checkpoint (.npz): {exc}") from None
@@ -168,15 +173,21 @@ def find_checkpoint(path):
                             "written by nanollm train")
 
 
+def _structure_differences(saved_model_config, model, keys, source):
+    """'key=saved (source) vs model's (model)' for every key of ``keys`` on which a saved model
+    config and ``model`` disagree (a key older files lack takes its default)."""
+    saved = complete_model_config(saved_model_config)
+    return [f"{key}={saved[key]} ({source}) vs {model.config[key]} (model)" for key in keys
+            if saved[key] != model.config[key]]
+
+
 def _check_parameters(path, model, saved, saved_model_config):
     """Same parameter names and shapes, or a ValueError that names the first difference."""
     if saved_model_config.get("vocab_size") != model.vocab_size:
         raise ValueError(f"{path} was trained with a vocabulary of {saved_model_config.get('vocab_size')} tokens "
                          f"but the model has vocab_size={model.vocab_size}; use the checkpoint's tokenizer "
                          "and build the model with its vocab_size")
-    saved_structure = complete_model_config(saved_model_config)  # a key older files lack takes its default
-    differences = [f"{key}={saved_structure[key]} (checkpoint) vs {model.config[key]} (model)"
-                   for key in STRUCTURE_KEYS if saved_structure[key] != model.config[key]]
+    differences = _structure_differences(saved_model_config, model, STRUCTURE_KEYS, "checkpoint")
     if differences:
         raise ValueError(f"{path} does not fit the model: {', '.join(differences)}; build the model with the "
                          "checkpoint's settings, or call load_checkpoint(path) without a model to build it")
@@ -247,7 +258,7 @@ def save_adapters(path, model, tokenizer=None, extra=None):
     if model.lora is None:
         raise ValueError("the model has no LoRA adapters to save; attach them with model.add_lora(...) "
                          "(or train with lora_rank > 0)")
-    arrays = {f"lora/{name}": _to_host(p) for name, p in model.params.items() if is_adapter(name)}
+    arrays = {f"lora/{name}": backends.to_numpy(p) for name, p in model.params.items() if is_adapter(name)}
     metadata = {"kind": ADAPTERS_KIND, "format_version": FORMAT_VERSION, "lora": model.lora,
                 "base_model_config": {**model.config, "lora": None},
                 "tokenizer": tokenizer.to_dict() if tokenizer is not None else None, "extra": extra or {}}
@@ -260,20 +271,9 @@ def load_adapters(path, model):
     (its weights are whatever it was given: the pretrained checkpoint). A model without adapters
     gets them attached first; one with adapters must have the same lora setting. Returns the
     metadata dict (lora, base_model_config, tokenizer, extra)."""
-    try:
-        with _open(path) as archive:
-            if METADATA_KEY not in archive.files:
-                raise ValueError(f"{path} is an .npz without nanollm metadata; it was not written by save_adapters")
-            metadata = json.loads(str(archive[METADATA_KEY]))
-            if metadata.get("kind") != ADAPTERS_KIND:
-                raise ValueError(f"{path} is not a LoRA adapter file (kind {metadata.get('kind')!r}); load a "
-                                 "checkpoint with load_checkpoint")
-            arrays = {key[len("lora/"):]: archive[key] for key in archive.files if key.startswith("lora/")}
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable adapter file (.npz): {exc}") from None
-    base = complete_model_config(metadata["base_model_config"])
-    differences = [f"{key}={base[key]} (adapters) vs {model.config[key]} (model)"
-                   for key in ("vocab_size", *STRUCTURE_KEYS) if base[key] != model.config[key]]
+    metadata, arrays = read_checkpoint(path, prefix="lora/", kind=ADAPTERS_KIND)
+    differences = _structure_differences(metadata["base_model_config"], model, ("vocab_size", *STRUCTURE_KEYS),
+                                         "adapters")
     if differences:
         raise ValueError(f"{path} was trained on a different base model: {', '.join(differences)}; load it into "
                          "a model built from the base checkpoint it was fine-tuned from")
@@ -284,5 +284,5 @@ def load_adapters(path, model):
                          "a model without adapters")
     xp = backends.array_module(model.params["wte"])
     for name in model.trainable:
-        model.params[name] = xp.asarray(arrays[name], dtype=model.params[name].dtype)
+        model.params[name] = xp.asarray(arrays[f"lora/{name}"], dtype=model.params[name].dtype)
     return metadata

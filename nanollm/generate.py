@@ -8,6 +8,7 @@ does, so the cache never changes which tokens come out (greedy output is identic
 
 import numpy as np
 
+from nanollm import backends
 from nanollm.kv_cache import KVCache
 
 
@@ -58,13 +59,9 @@ def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=
                 if cache is not None:
                     cache.reset()
             logits, _ = model.forward(np.asarray(new, dtype=np.int64)[None, :], kv_cache=cache)  # (1, T, V)
-            ids.append(_sample_next(_to_host_float64(logits[0, -1]), rng, temperature, top_k, top_p))
+            last = backends.to_numpy(logits[0, -1]).astype(np.float64)  # (V,)
+            ids.append(_sample_next(last, rng, temperature, top_k, top_p))
     return ids
-
-
-def _to_host_float64(logits):
-    """logits (V,) of any array module -> a float64 NumPy array."""
-    return np.asarray(logits.get() if hasattr(logits, "get") else logits, dtype=np.float64)
 
 
 def generate_text(model, tokenizer, prompt, max_length=100, temperature=1.0, top_k=None, top_p=None, seed=None,

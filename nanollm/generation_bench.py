@@ -18,9 +18,7 @@ import numpy as np
 from nanollm.checkpoint import load_checkpoint
 from nanollm.config import PRESETS, resolve
 from nanollm.generate import generate_ids
-from nanollm.model import TransformerLanguageModel
-
-SHAPE_KEYS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads")
+from nanollm.launch import build_model
 
 
 def timed_generation(model, prompt, new_tokens, use_cache):
@@ -62,11 +60,10 @@ def main(argv=None):
         prompt = [i % model.vocab_size for i in prompt][-model.max_seq_len:]
         models = [(model.architecture, model)]
     else:
-        cfg = resolve(preset=args.preset)
-        shape = {key: cfg[key] for key in SHAPE_KEYS if cfg[key] is not None}
-        context = args.prompt_tokens + args.new_tokens
-        models = [(arch, TransformerLanguageModel(vocab_size=args.vocab_size, max_seq_len=context, architecture=arch,
-                                                  seed=0, **shape)) for arch in args.architecture]
+        context = args.prompt_tokens + args.new_tokens  # the whole text fits: the cache never fills
+        models = [(arch, build_model(resolve({"max_seq_len": context, "architecture": arch, "seed": 0},
+                                             preset=args.preset), args.vocab_size))
+                  for arch in args.architecture]
     print(f"greedy generation of {args.new_tokens} tokens after a {len(prompt)}-token prompt, float32, "
           f"{'checkpoint ' + args.checkpoint if args.checkpoint else 'preset ' + args.preset + ' shape'}")
     for arch, model in models:

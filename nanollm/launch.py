@@ -21,7 +21,7 @@ from nanollm.config import DEFAULTS, resolve
 from nanollm.corpus import synthetic_text
 from nanollm.data import load_prepared, prepare
 from nanollm.generate import generate_text
-from nanollm.lora import adapter_parameter_count, check_lora_config
+from nanollm.lora import adapter_parameter_count, lora_setting
 from nanollm.model import TransformerLanguageModel, complete_model_config
 from nanollm.textfiles import write_json_atomically
 from nanollm.tokenizers import CharTokenizer, tokenizer_from_dict
@@ -200,9 +200,8 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
     echo(f"model: {model.architecture}, {model.num_layers} layers, {model.num_heads} heads, width "
          f"{model.embedding_dim}, context {model.max_seq_len}, {model.num_parameters():,} parameters"
          + (f" (preset {preset})" if preset else ""))
-    if cfg["lora_rank"] and model.lora is None:
-        lora = check_lora_config({"rank": cfg["lora_rank"], "alpha": cfg["lora_alpha"], "dropout": cfg["lora_dropout"],
-                                  "targets": cfg["lora_targets"]})
+    lora = lora_setting(cfg)
+    if lora is not None and model.lora is None:
         count = adapter_parameter_count({**model.config, "lora": lora})
         echo(f"lora: rank {lora['rank']} on {', '.join(lora['targets'])}: {count:,} trainable parameters "
              f"({count / model.num_parameters():.1%} of the model's), every other weight frozen")

@@ -45,6 +45,15 @@ def check_lora_config(lora):
                 targets=[t for t in TARGETS if t in targets])
 
 
+def lora_setting(cfg):
+    """The checked lora setting a resolved training config asks for (its lora_* keys), or None
+    when lora_rank is 0."""
+    if not cfg["lora_rank"]:
+        return None
+    return check_lora_config({"rank": cfg["lora_rank"], "alpha": cfg["lora_alpha"], "dropout": cfg["lora_dropout"],
+                              "targets": cfg["lora_targets"]})
+
+
 def adapter_layout(config):
     """Where one block's adapters go, for a completed model config with a lora setting:
     {matrix suffix: [(part, columns, (C_in, r), (r, C_out))]}; part is "q", "k" or "v" for a

@@ -31,7 +31,7 @@ from nanollm.checkpoint import find_checkpoint, load_checkpoint, save_adapters, 
 from nanollm.config import resolve
 from nanollm.data import EpochOrder, TokenDataset, as_dataset, micro_batches, random_starts, require_windows
 from nanollm.generate import generate_text
-from nanollm.lora import check_lora_config
+from nanollm.lora import lora_setting
 from nanollm.metrics import METRICS_FILE, MetricsLog, Progress, log_line
 from nanollm.ops.cross_entropy import IGNORE_INDEX
 from nanollm.optim import clip_grad_norm, decays, rule_for
@@ -356,10 +356,9 @@ def _load_initial_weights(model, init_from, tokenizer):
 def _attach_lora(model, cfg):
     """lora_rank > 0: LoRA adapters on the model, every other weight frozen. A model that has
     adapters already (a resumed run's, or attached by hand) must have these."""
-    if not cfg["lora_rank"]:
+    wanted = lora_setting(cfg)
+    if wanted is None:
         return
-    wanted = check_lora_config({"rank": cfg["lora_rank"], "alpha": cfg["lora_alpha"], "dropout": cfg["lora_dropout"],
-                                "targets": cfg["lora_targets"]})
     if model.lora is None:
         model.add_lora(**wanted, seed=cfg["seed"])
     elif model.lora != wanted:

@@ -9,6 +9,7 @@ The ops in ``nanollm.ops`` never compute a softmax or a layernorm themselves; th
     use(name)        -> make it the current backend ("auto": per primitive, the fastest that loads)
     current()        -> the current backend module
     array_module(x)  -> numpy or cupy, whichever owns the array x
+    to_numpy(x)      -> x as a NumPy array (a copy to the host for a CuPy array)
 
 The backend is chosen by ``use(...)`` (``cfg["backend"]`` in training), else by the
 ``NANOLLM_BACKEND`` environment variable, else ``auto`` (see ``auto.py`` for its table).
@@ -130,3 +131,8 @@ def array_module(x):
 
         return cupy
     return np
+
+
+def to_numpy(x):
+    """A NumPy array of x: a CuPy array is copied to the host, anything else goes through np.asarray."""
+    return x.get() if array_module(x) is not np else np.asarray(x)
