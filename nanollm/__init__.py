@@ -3,6 +3,10 @@
 The public API (names kept stable; see DESIGN.md). More names arrive as their parts land.
 """
 
+from nanollm import mpi_launch
+
+mpi_launch.share_cores_between_ranks()  # before NumPy starts OpenBLAS's threads: k ranks share the cores
+
 from nanollm.checkpoint import load_checkpoint, save_checkpoint
 from nanollm.generate import generate_text
 from nanollm.model import GPT, TransformerLanguageModel

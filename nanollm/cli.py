@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from nanollm import config as configuration
+from nanollm import mpi_launch
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 HF_FORMATS = ("hf-gpt2",)
@@ -436,7 +437,31 @@ def _check_numbers(args):
 
 
 def main(argv=None):
-    """Run the command; returns the exit status (0 on success)."""
+    """Run the command; returns the exit status (0 on success). Under `mpiexec -n N`, a failing
+    rank ends every rank (MPI Abort) after printing its error, so none waits for it forever."""
+    status = _run(argv)
+    if status and mpi_launch.wants_mpi():
+        _end_every_rank(status)
+    return status
+
+
+def _end_every_rank(status):
+    from nanollm import distributed
+
+    try:
+        comm = distributed.world()
+    except ImportError:  # mpi4py missing: every rank printed that and stops by itself
+        return
+    comm.abort("", status)  # the error line is printed already
+
+
+def _rank_prefix():
+    """'rank 1 of 2: ' in an MPI job (whose ranks' errors share one terminal), else ''."""
+    rank, size, _ = mpi_launch.launched_ranks()
+    return f"rank {rank} of {size}: " if size > 1 else ""
+
+
+def _run(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["train", *argv]  # `nanollm` alone, or `nanollm --num_steps=100`, trains
@@ -450,20 +475,20 @@ def main(argv=None):
         _check_numbers(args)
         return args.handler(args) or 0
     except UsageError as exc:
-        print(f"{exc.prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{exc.prog}: error: {_rank_prefix()}{_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         hint = "; continue from the newest checkpoint with nanollm train --resume RUN_FOLDER" if command == "train" else ""
-        print(f"nanollm {command}: interrupted{hint}", file=sys.stderr)
+        print(f"nanollm {command}: {_rank_prefix()}interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, OSError, ImportError) as exc:
         if os.environ.get("NANOLLM_DEBUG"):
             raise
-        print(f"nanollm {command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"nanollm {command}: error: {_rank_prefix()}{_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if os.environ.get("NANOLLM_DEBUG"):
             raise
-        print(f"nanollm {command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+        print(f"nanollm {command}: internal error: {_rank_prefix()}{type(exc).__name__}: {_one_line(exc)} "
               "(run again with NANOLLM_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
         return EXIT_FAILED

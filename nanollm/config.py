@@ -94,6 +94,8 @@ DEFAULTS = {
     "dtype": None,                # float32 or float64 (None: the model's)
     "backend": None,              # numpy, numba, cython or auto (None: the current one, auto by default)
     "seed": 1337,                 # seeds batches, dropout and, for new models, the weights
+    # ---- data parallel (mpiexec -n N; see nanollm.distributed) ----
+    "param_check_interval": 100,  # steps between checks that every rank holds the same parameters (0: start and end only)
 }
 
 ALIASES = {"max_steps": "num_steps"}
@@ -115,7 +117,7 @@ POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eva
 UNIT_INTERVAL = ("dropout", "lora_dropout", "val_fraction", "muon_momentum")  # in [0, 1)
 NON_NEGATIVE = ("weight_decay", "max_grad_norm", "warmup_steps", "decay_steps", "min_learning_rate", "momentum",
                 "eval_interval", "checkpoint_interval", "lora_rank", "keep_last_n", "log_interval", "sample_interval",
-                "min_delta", "seed", "gamma", "power")
+                "min_delta", "seed", "gamma", "power", "param_check_interval")
 
 PRESETS = {
     # nano-llm's scaling guide: embedding / layers / ffn, each with a recipe for the embedded corpus

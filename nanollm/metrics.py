@@ -67,11 +67,12 @@ def log_line(record, total_steps):
 
 
 class Progress:
-    """A tqdm bar when stderr is a terminal (and tqdm is installed); plain log lines otherwise."""
+    """A tqdm bar when stderr is a terminal (and tqdm is installed); plain log lines otherwise;
+    nothing at all when quiet (data-parallel ranks other than 0)."""
 
-    def __init__(self, total, initial):
-        self.bar = None
-        if sys.stderr.isatty():
+    def __init__(self, total, initial, quiet=False):
+        self.bar, self.quiet = None, quiet
+        if sys.stderr.isatty() and not quiet:
             try:
                 from tqdm import tqdm
             except ImportError:
@@ -84,6 +85,8 @@ class Progress:
             self.bar.update(1)
 
     def print(self, line):
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.write(line)
         else:

@@ -15,6 +15,13 @@ One optimizer step:
 then, every so many steps: a log record, a validation loss (early stopping, best checkpoint),
 a checkpoint, a printed sample.
 
+Data parallel (`mpiexec -n N`, see nanollm.distributed): each rank draws its own windows (its
+own random stream, or its slice of the epoch's step), sums its micro-batches' gradients into one
+flat buffer, and one Allreduce adds every rank's; divided by the step's counted targets that is
+the gradient of one big batch, identical on every rank. Rank 0 alone logs, samples and writes
+checkpoints (holding every rank's random streams); ranks compare parameter hashes every
+param_check_interval steps; any rank's error ends the whole job (MPI Abort), never a hang.
+
 Everything a resumed run needs is in the checkpoints (parameters, optimizer state, step, the
 batch and dropout generators, best validation loss), so an interrupted and resumed run ends
 with the same parameters, bit for bit, as one that never stopped.
@@ -26,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanollm import backends
+from nanollm import backends, distributed
 from nanollm.checkpoint import find_checkpoint, load_checkpoint, save_adapters, save_checkpoint, step_checkpoints
 from nanollm.config import resolve
 from nanollm.data import EpochOrder, TokenDataset, as_dataset, micro_batches, random_starts, require_windows
@@ -42,13 +49,15 @@ MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "nu
               "architecture", "tie_embeddings", "rope_base")
 
 
-def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0):
+def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0, comm=None):
     """Mean loss of ``model`` on ``tokens`` (ids or a TokenDataset) with dropout off (the model's
     mode is restored).
 
     num_batches=None: every non-overlapping window of the stream once, an exact figure.
     Otherwise that many batches of random windows drawn from ``seed``: the same windows every
-    call, so successive evaluations compare the model, not the sample."""
+    call, so successive evaluations compare the model, not the sample.
+    comm: data-parallel ranks share the batches (rank r takes every size-th) and add their sums."""
+    comm = comm or distributed.SingleProcess()
     data = tokens if isinstance(tokens, TokenDataset) else TokenDataset(tokens)
     if num_batches is None:
         starts = np.arange(0, len(data) - seq_len, seq_len)
@@ -56,14 +65,14 @@ def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0):
     else:
         rng = np.random.default_rng(seed)
         batches = [random_starts(rng, len(data), seq_len, batch_size) for _ in range(num_batches)]
-    total, count = 0.0, 0
+    sums = np.zeros(2)  # (loss x counted targets, counted targets)
     with model.evaluating():
-        for starts in batches:
+        for starts in batches[comm.rank::comm.size]:
             inputs, targets = data.windows(starts, seq_len)
             counted = int((targets != IGNORE_INDEX).sum())  # masked targets (instruction prompts) do not count
-            total += float(model.forward(inputs, targets)[1]) * counted
-            count += counted
-    return total / count if count else math.nan
+            sums += (float(model.forward(inputs, targets)[1]) * counted, counted)
+    total, count = comm.allreduce_sum(sums)
+    return float(total / count) if count else math.nan
 
 
 def _configure_model(model, cfg):
@@ -155,13 +164,14 @@ def _prepare_checkpoint_dir(cfg, resuming_here):
 class _TrainingRun:
     """The state of one call to train_with_config, and the loop over steps."""
 
-    def __init__(self, model, train, val, cfg, seq_len, tokenizer, folder):
+    def __init__(self, model, train, val, cfg, seq_len, tokenizer, folder, comm):
         self.model, self.train, self.val, self.cfg, self.seq_len = model, train, val, cfg, seq_len
-        self.tokenizer, self.folder = tokenizer, folder
-        self.windows_per_step = cfg["batch_size"] * cfg["grad_accum_steps"]
+        self.tokenizer, self.folder, self.comm = tokenizer, folder, comm
+        self.windows_per_step = cfg["batch_size"] * cfg["grad_accum_steps"]  # this rank's
         self.order = None
-        if cfg["epochs"] is not None:
-            self.order = EpochOrder(len(train), seq_len, self.windows_per_step, cfg["drop_last"], cfg["seed"])
+        if cfg["epochs"] is not None:  # an epoch's step covers every rank's windows; each takes its slice
+            self.order = EpochOrder(len(train), seq_len, self.windows_per_step * comm.size, cfg["drop_last"],
+                                    cfg["seed"])
             self.total_steps = cfg["epochs"] * self.order.steps_per_epoch
         else:
             self.total_steps = cfg["num_steps"]
@@ -171,24 +181,38 @@ class _TrainingRun:
         self.rules = {name: rule_for(name, p, cfg) for name, p in trainable.items()}
         self.states = {name: self.rules[name].optimizer.init(p) for name, p in trainable.items()}
         self.decay = {name: decays(name, p, cfg["no_decay"]) for name, p in trainable.items()}
-        self.batch_rng = np.random.default_rng(cfg["seed"])
-        model.dropout_rng = np.random.default_rng(cfg["seed"] + 1)
+        self.batch_rng = np.random.default_rng(distributed.rank_seed(cfg["seed"], comm.rank))
+        model.dropout_rng = np.random.default_rng(distributed.rank_seed(cfg["seed"] + 1, comm.rank))
+        self.gradients = None if comm.size == 1 else distributed.GradientBuffer(trainable, backends.array_module(model.params["wte"]))
+        self.communication_seconds = 0.0  # spent in the gradient Allreduce, waiting for other ranks included
         self.step, self.tokens_seen = 0, 0
         self.best_val_loss, self.evals_without_improvement = math.inf, 0
         self.loss = self.grad_norm = self.val_loss = self.evaluated_at = None
         self.checkpoints = {"steps": [], "best": None, "final": None, "adapters": None}
         self.last_good_checkpoint = None
         self.stopped_early, self.diverged, self.stopped_because = False, False, None
+        self.notes = []  # said once the run starts (rank 0)
+        self.checked_at = None  # the step of the last check that the ranks agree
 
     # ---------------------------------------------------------------- one optimizer step
 
+    def step_starts(self, step):
+        """This rank's window starts for 0-based ``step``."""
+        if self.order is None:
+            return random_starts(self.batch_rng, len(self.train), self.seq_len, self.windows_per_step)
+        starts = self.order.starts_for_step(step)
+        share = self.windows_per_step
+        return starts[self.comm.rank * share:(self.comm.rank + 1) * share]
+
     def forward_backward(self, starts):
-        """Loss and gradients averaged over every counted target of the step, micro-batch by
-        micro-batch: each micro-batch's mean is weighted by its share of the counted targets (a
-        smaller last micro-batch, or one with more masked prompt tokens, counts for less), so
-        accumulation equals one big batch."""
+        """(loss, gradients, windows) of the step, averaged over every counted target of the
+        step, micro-batch by micro-batch: each micro-batch's mean is weighted by its share of the
+        counted targets (a smaller last micro-batch, or one with more masked prompt tokens, counts
+        for less), so accumulation equals one big batch."""
         batches = [self.train.windows(batch, self.seq_len) for batch in micro_batches(starts, self.cfg["batch_size"])]
         counted = [int((targets != IGNORE_INDEX).sum()) for _, targets in batches]
+        if self.gradients is not None:
+            return self.forward_backward_ranks(batches, counted)
         total = sum(counted)
         loss, grads = 0.0, None
         for (inputs, targets), count in zip(batches, counted):  # (b, T) each
@@ -202,7 +226,24 @@ class _TrainingRun:
                 for name, g in batch_grads.items():
                     grads[name] += weight * g
             del batch_grads  # freed before the next micro-batch's backward allocates its own
-        return loss, grads
+        return loss, grads, len(starts)
+
+    def forward_backward_ranks(self, batches, counted):
+        """forward_backward across ranks: each micro-batch's gradient, times its counted targets,
+        is summed into the flat buffer; one Allreduce adds every rank's sums (and their losses,
+        targets and windows); dividing by the step's targets gives the big batch's mean."""
+        buffer = self.gradients
+        buffer.zero()
+        for (inputs, targets), count in zip(batches, counted):  # (b, T) each
+            _, batch_loss = self.model.forward(inputs, targets)
+            buffer.add(self.model.backward(), count)
+            buffer.add_counts(float(batch_loss) * count, count, len(inputs))
+        tick = time.perf_counter()
+        self.comm.allreduce_sum(buffer.flat)
+        self.communication_seconds += time.perf_counter() - tick
+        loss_sum, targets, windows = buffer.counts()
+        buffer.scale(1.0 / max(targets, 1.0))  # no counted target anywhere: loss and gradient 0, as alone
+        return loss_sum / max(targets, 1.0), buffer.grads, int(windows)
 
     def update(self, grads, lr):
         weight_decay = self.cfg["weight_decay"]
@@ -213,23 +254,30 @@ class _TrainingRun:
 
     # ---------------------------------------------------------------- checkpoints
 
+    def random_streams(self):
+        return {"batches": self.batch_rng.bit_generator.state, "dropout": self.model.dropout_rng.bit_generator.state}
+
     def save(self, name):
-        model = self.model
-        path = save_checkpoint(
-            self.folder / name, model, optimizer_state=self.states, step=self.step, loss=self.loss,
-            config=self.cfg, tokenizer=self.tokenizer,
-            rng_states={"batches": self.batch_rng.bit_generator.state,
-                        "dropout": model.dropout_rng.bit_generator.state},
-            extra={"val_loss": self.val_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
-                   "evals_without_improvement": self.evals_without_improvement,
-                   "tokens_seen": self.tokens_seen})
+        """Every rank calls this (their random streams are gathered); rank 0 writes the file."""
+        streams = self.random_streams()
+        rng_states = dict(streams)
+        if self.comm.size > 1:
+            rng_states["ranks"] = self.comm.allgather(streams)  # rank r resumes from ranks[r]
+        path = self.folder / name
+        if self.comm.is_root:
+            save_checkpoint(
+                path, self.model, optimizer_state=self.states, step=self.step, loss=self.loss,
+                config=self.cfg, tokenizer=self.tokenizer, rng_states=rng_states,
+                extra={"val_loss": self.val_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
+                       "evals_without_improvement": self.evals_without_improvement,
+                       "tokens_seen": self.tokens_seen, "ranks": self.comm.size})
         self.last_good_checkpoint = str(path)
         return str(path)
 
     def save_step_checkpoint(self):
         self.checkpoints["steps"].append(self.save(f"checkpoint_step_{self.step}.npz"))
         keep = self.cfg["keep_last_n"]
-        existing = step_checkpoints(self.folder)
+        existing = step_checkpoints(self.folder) if self.comm.is_root else []
         for old in existing[:-keep] if keep else []:
             old.unlink()
             if str(old) in self.checkpoints["steps"]:
@@ -242,10 +290,16 @@ class _TrainingRun:
             raise ValueError(f"{path} was trained with optimizer={saved_optimizer!r}, this config says "
                              f"{self.cfg['optimizer']!r}; resume with the same optimizer")
         self.step, self.loss = info["step"], info["loss"]
-        for name, generator in (("batches", self.batch_rng), ("dropout", self.model.dropout_rng)):
-            if name in info["rng_states"]:
-                generator.bit_generator.state = info["rng_states"][name]
         extra = info["extra"]
+        saved_ranks = info["rng_states"].get("ranks", [info["rng_states"]])  # one rank's: its own streams
+        streams = saved_ranks[self.comm.rank] if self.comm.rank < len(saved_ranks) else {}
+        for name, generator in (("batches", self.batch_rng), ("dropout", self.model.dropout_rng)):
+            if name in streams:
+                generator.bit_generator.state = streams[name]
+        if len(saved_ranks) != self.comm.size:
+            self.notes.append(f"{path} was written by {len(saved_ranks)} rank(s), this run has {self.comm.size}: "
+                              "ranks without saved random streams start fresh ones, so batches and dropout differ "
+                              "from an uninterrupted run's")
         best = extra.get("best_val_loss")
         self.best_val_loss = math.inf if best is None else best
         self.val_loss = extra.get("val_loss")
@@ -259,7 +313,7 @@ class _TrainingRun:
         """Validation loss; tracks the best (saving checkpoint_best.npz) and the patience count."""
         cfg = self.cfg
         self.val_loss = evaluate_loss(self.model, self.val, self.seq_len, cfg["batch_size"], cfg["eval_steps"],
-                                      seed=[cfg["seed"], 2])
+                                      seed=[cfg["seed"], 2], comm=self.comm)
         self.evaluated_at = self.step
         if self.val_loss < self.best_val_loss - cfg["min_delta"]:
             self.evals_without_improvement = 0
@@ -282,16 +336,24 @@ class _TrainingRun:
 
     # ---------------------------------------------------------------- the loop
 
+    def check_ranks_agree(self):
+        """Every rank's trainable parameters equal rank 0's, bit for bit (else a RuntimeError)."""
+        if self.comm.size > 1 and self.checked_at != self.step:
+            distributed.check_identical(self.comm, {name: self.model.params[name] for name in self.model.trainable},
+                                        self.step)
+            self.checked_at = self.step
+
     def run(self, metrics, progress):
-        cfg, model = self.cfg, self.model
+        cfg, model, comm = self.cfg, self.model, self.comm
         start_time = time.perf_counter()
         train_seconds, interval_seconds, interval_tokens = 0.0, 0.0, 0
+        for note in self.notes:
+            progress.print(note)
+        self.check_ranks_agree()  # same model, same checkpoint, on every rank
         for step in range(self.step, self.total_steps):
             tick = time.perf_counter()
             lr = lr_at(step, self.schedule_cfg)
-            starts = (self.order.starts_for_step(step) if self.order is not None
-                      else random_starts(self.batch_rng, len(self.train), self.seq_len, self.windows_per_step))
-            loss, grads = self.forward_backward(starts)
+            loss, grads, windows = self.forward_backward(self.step_starts(step))
             grad_norm = clip_grad_norm(grads, cfg["max_grad_norm"]) if math.isfinite(loss) else math.nan
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
@@ -302,7 +364,7 @@ class _TrainingRun:
                 break
             self.update(grads, lr)
             self.step, self.loss, self.grad_norm = step + 1, loss, grad_norm
-            step_tokens = len(starts) * self.seq_len
+            step_tokens = windows * self.seq_len  # every rank's
             self.tokens_seen += step_tokens
             spent = time.perf_counter() - tick
             train_seconds += spent
@@ -329,13 +391,18 @@ class _TrainingRun:
                 interval_seconds, interval_tokens = 0.0, 0
             if self.folder is not None and cfg["checkpoint_interval"] and at % cfg["checkpoint_interval"] == 0:
                 self.save_step_checkpoint()
-            if self.tokenizer is not None and cfg["sample_interval"] and at % cfg["sample_interval"] == 0:
+            if cfg["param_check_interval"] and at % cfg["param_check_interval"] == 0:
+                self.check_ranks_agree()
+            if (comm.is_root and self.tokenizer is not None and cfg["sample_interval"]
+                    and at % cfg["sample_interval"] == 0):
                 sample = generate_text(model, self.tokenizer, cfg["sample_prompt"], cfg["sample_length"],
                                        temperature=0.8, top_k=40, seed=cfg["seed"] + at)
                 progress.print(f"--- sample at step {at} ---\n{sample}\n---")
             if self.stopped_early:
                 progress.print(self.stopped_because)
                 break
+        if not self.diverged:
+            self.check_ranks_agree()
         return train_seconds, time.perf_counter() - start_time
 
 
@@ -366,7 +433,8 @@ def _attach_lora(model, cfg):
                          "config's lora_* keys to the model's, or give a model without adapters")
 
 
-def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=None, resume_from=None, preset=None):
+def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=None, resume_from=None, preset=None,
+                      communicator=None):
     """Train ``model`` on ``tokens`` as the config says: a 1-D list/array of token ids, or a
     TokenDataset (a memmapped .bin file; instruction data with its loss mask).
 
@@ -378,16 +446,27 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
     cfg["init_from"]: a checkpoint (or run folder) whose weights start a new run: fine-tuning.
     cfg["lora_rank"] > 0: LoRA adapters train and every other weight stays frozen; the adapters
     are also saved alone, as adapters_final.npz in checkpoint_dir.
+    communicator: the data-parallel ranks (default nanollm.distributed.world(): every rank of an
+    `mpiexec -n N` job, or this process alone); distributed.SingleProcess() trains alone. With
+    more than one rank, an error on any rank ends the whole job (MPI Abort) after printing it.
 
     Returns a dict: final_loss, final_grad_norm, final_val_loss, final_val_perplexity,
     best_val_loss, steps, tokens_seen, tokens_per_second, training_time_seconds, history,
     checkpoints ({"steps": [...], "best": path, "final": path, "adapters": path or None}), last_good_checkpoint,
-    metrics_path, stopped_early, diverged, stopped_because (None when the run finished), config.
+    metrics_path, stopped_early, diverged, stopped_because (None when the run finished), config,
+    ranks, rank, communication_seconds (in the gradient Allreduce; 0 alone).
     """
+    comm = communicator if communicator is not None else distributed.world()
+    with distributed.failing_together(comm):
+        return _train(model, tokens, cfg, val_tokens, tokenizer, resume_from, preset, comm)
+
+
+def _train(model, tokens, cfg, val_tokens, tokenizer, resume_from, preset, comm):
     overrides = [cfg if cfg is not None else {}]
     if resume_from is not None:
         overrides.append({"resume_from": str(resume_from)})
     cfg = resolve(*overrides, preset=preset, sources=["config", "resume_from argument"][:len(overrides)])
+    distributed.check_same_config(comm, cfg)
     seq_len = _configure_model(model, cfg)
     _check_tokenizer(model, tokenizer)
     train, val = _split_data(model, tokens, val_tokens, cfg, seq_len)
@@ -402,17 +481,20 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
     if cfg["init_from"] is not None and resume is None:  # a resumed run has its weights already
         _load_initial_weights(model, cfg["init_from"], tokenizer)
     _attach_lora(model, cfg)
-    folder = _prepare_checkpoint_dir(cfg, resuming_here)
+    folder = distributed.root_only(comm, lambda: _prepare_checkpoint_dir(cfg, resuming_here))
 
     previous_backend = backends.current_name()
     if cfg["backend"] is not None:
         backends.use(cfg["backend"])
     try:
-        run = _TrainingRun(model, train, val, cfg, seq_len, tokenizer, folder)
+        run = _TrainingRun(model, train, val, cfg, seq_len, tokenizer, folder, comm)
         if resume is not None:
             run.resume(resume, tokenizer)
-        metrics = MetricsLog(folder, resume_step=run.step if resuming_here else None)
-        progress = Progress(run.total_steps, run.step)
+        metrics = MetricsLog(folder if comm.is_root else None, resume_step=run.step if resuming_here else None)
+        progress = Progress(run.total_steps, run.step, quiet=not comm.is_root)
+        if comm.size > 1:
+            progress.print(f"data parallel: {comm.description}; each step {run.windows_per_step * comm.size} "
+                           f"windows ({run.windows_per_step} per rank)")
         tokens_before = run.tokens_seen
         model.train()
         try:
@@ -421,7 +503,7 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
                 run.evaluate()  # resumed at the end: nothing trained, but the results report a val loss
             if not run.diverged and folder is not None:
                 run.checkpoints["final"] = run.save("checkpoint_final.npz")
-                if model.lora is not None:
+                if model.lora is not None and comm.is_root:
                     run.checkpoints["adapters"] = str(save_adapters(folder / ADAPTERS_FILE, model, tokenizer,
                                                                     extra={"init_from": cfg["init_from"]}))
         finally:
@@ -443,5 +525,5 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
         "last_good_checkpoint": run.last_good_checkpoint,
         "metrics_path": str(metrics.path) if metrics.path else None,
         "stopped_early": run.stopped_early, "diverged": run.diverged, "stopped_because": run.stopped_because,
-        "config": cfg,
+        "config": cfg, "ranks": comm.size, "rank": comm.rank, "communication_seconds": run.communication_seconds,
     }

@@ -18,7 +18,8 @@ from nanollm.train import evaluate_loss
 SAMPLE = "data/raw/sample.txt"
 RESULT_KEYS = {"final_loss", "final_grad_norm", "final_val_loss", "final_val_perplexity", "best_val_loss", "steps",
                "tokens_seen", "tokens_per_second", "training_time_seconds", "history", "checkpoints",
-               "last_good_checkpoint", "metrics_path", "stopped_early", "diverged", "stopped_because", "config"}
+               "last_good_checkpoint", "metrics_path", "stopped_early", "diverged", "stopped_because", "config",
+               "ranks", "rank", "communication_seconds"}
 
 
 @pytest.fixture(scope="module")
