@@ -115,20 +115,20 @@ def rank_seed(seed, rank):
 
 
 def root_only(comm, action):
-    """Run ``action()`` on rank 0 alone (creating folders, writing files) and return its result on
-    every rank; an error there is raised on every rank, so none is left waiting for the others."""
-    outcome = None
+    """Run ``action()`` on rank 0 alone (checking and creating folders, writing files): its result
+    there, None on the other ranks, which wait for it; its error is raised on every rank."""
+    result, error = None, None
     if comm.is_root:
         try:
-            outcome = ("ok", action())
+            result = action()
         except (ValueError, OSError) as exc:
-            outcome = ("error", f"{exc}")
             if comm.size == 1:
                 raise
-    status, value = comm.broadcast(outcome)
-    if status == "error":
-        raise ValueError(value)
-    return value
+            error = f"{exc}"
+    error = comm.broadcast(error)
+    if error is not None:
+        raise ValueError(error)
+    return result
 
 
 def check_same_config(comm, cfg):

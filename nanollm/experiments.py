@@ -18,6 +18,11 @@ grid value (a context grid whose runs all trained at one length is an error, not
 
 Results are a JSON list per grid, rewritten atomically after every run; a rerun skips the runs
 already there with the same config and data, so an interrupted grid continues where it stopped.
+
+Under `mpiexec -n N nanollm experiments ...` the ranks share the grid: rank r trains runs r,
+r + N, ... one at a time, each alone (no gradient exchange), and writes its records to
+<name>_scaling.rank<r>.json as it goes; at the end rank 0 gathers every rank's records into the
+grid's file and draws the plots. A rerun folds in the rank files an interrupted job left.
 """
 
 import itertools
@@ -28,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanollm import __version__, backends
+from nanollm import __version__, backends, distributed
 from nanollm.config import PRESETS, load_config_file, resolve
 from nanollm.corpus import synthetic_text
 from nanollm.launch import build_model
@@ -135,6 +140,25 @@ def results_path(out_dir, grid_name):
     return Path(out_dir) / f"{grid_name}_scaling.json"
 
 
+def rank_results_path(out_dir, grid_name, rank):
+    """Where rank ``rank`` of a grid shared over MPI ranks keeps its records until they are merged."""
+    return Path(out_dir) / f"{grid_name}_scaling.rank{rank}.json"
+
+
+def read_grid_results(out_dir, grid_name):
+    """The grid's records: its results file, plus those of rank files an interrupted MPI job left."""
+    records = read_results(results_path(out_dir, grid_name))
+    for path in sorted(Path(out_dir).glob(f"{grid_name}_scaling.rank*.json")):
+        records = _merge(records, read_results(path))
+    return records
+
+
+def _merge(records, newer):
+    """records with those of ``newer`` replacing any of the same name."""
+    names = {r["experiment_name"] for r in newer}
+    return [r for r in records if r["experiment_name"] not in names] + list(newer)
+
+
 def read_results(path):
     """The records already in a results file ([] when there is none)."""
     path = Path(path)
@@ -162,13 +186,17 @@ def _build_model(cfg, vocab_size, varied):
     return model
 
 
-def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, seed=None, echo=print, tokens=None):
+def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, seed=None, echo=print, tokens=None,
+             communicator=None):
     """Train every run of ``grid`` not yet in out_dir/<name>_scaling.json; returns all records.
 
-    tokens: (train ids, val ids, tokenizer, description) to reuse across grids (else load_tokens)."""
+    tokens: (train ids, val ids, tokenizer, description) to reuse across grids (else load_tokens).
+    communicator: MPI ranks that share the runs (default distributed.world()); every rank
+    returns all records."""
+    comm = communicator if communicator is not None else distributed.world()
     train_ids, val_ids, tokenizer, description = tokens or load_tokens(data, quick)
     path = results_path(out_dir, grid["name"])
-    records = read_results(path)
+    records = read_grid_results(out_dir, grid["name"])
     runs = expand_runs(grid, token_budget)
     if seed is not None:
         for _, _, cfg in runs:
@@ -176,8 +204,13 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
     done = {(r["experiment_name"], r.get("data"), json.dumps(r["config"], sort_keys=True)) for r in records}
     todo = [(name, varied, cfg) for name, varied, cfg in runs
             if (name, description, json.dumps(_comparable(cfg), sort_keys=True)) not in done]
-    echo(f"grid {grid['name']}: {len(runs)} runs, {token_budget:,} training tokens each, on {description}; "
-         f"{len(runs) - len(todo)} already in {path}")
+    if comm.is_root:
+        echo(f"grid {grid['name']}: {len(runs)} runs, {token_budget:,} training tokens each, on {description}; "
+             f"{len(runs) - len(todo)} already in {path}" + (f"; shared by {comm.size} ranks" if comm.size > 1 else ""))
+    if comm.size > 1:  # rank r: runs r, r + N, ...; its lines say which rank speaks
+        todo = todo[comm.rank::comm.size]
+        echo = _prefixed(echo, f"[rank {comm.rank}] ")
+    mine = []
     started = time.perf_counter()
     for number, (name, varied, cfg) in enumerate(todo, 1):
         left = ""
@@ -187,7 +220,7 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
         echo(f"[{grid['name']} {number}/{len(todo)}] {name}: {', '.join(f'{k}={v}' for k, v in varied.items())}, "
              f"{cfg['num_steps']} steps{left}")
         model = _build_model(cfg, tokenizer.vocab_size, varied)
-        results = train_with_config(model, train_ids, cfg, val_tokens=val_ids)
+        results = train_with_config(model, train_ids, cfg, val_tokens=val_ids, communicator=distributed.SingleProcess())
         record = {
             "experiment_name": name, "grid": grid["name"], "varied": varied, "data": description,
             "num_parameters": model.num_parameters(),
@@ -201,13 +234,36 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
             "config": _comparable(results["config"]), "backend": backends.current_name(),
             "seed": cfg["seed"], "nanollm_version": __version__,
         }
-        records = [r for r in records if r["experiment_name"] != name] + [record]
+        mine.append(record)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomically(path, records, indent=2)
+        if comm.size == 1:
+            records = _merge(records, [record])
+            write_json_atomically(path, records, indent=2)
+        else:
+            write_json_atomically(rank_results_path(out_dir, grid["name"], comm.rank), mine, indent=2)
         echo(f"  {name}: {record['num_parameters']:,} parameters, val loss {results['final_val_loss']:.4f}, "
              f"{results['tokens_per_second']:,.0f} tokens/s, {results['training_time_seconds']:.1f} s")
     order = [name for name, _, _ in runs]
+    if comm.size > 1:
+        for finished in comm.allgather(mine):  # every rank waits here for the slowest
+            records = _merge(records, finished)
+        records = _in_grid_order(records, order)
+        if comm.is_root:
+            write_json_atomically(path, records, indent=2)
+            for rank in range(comm.size):
+                rank_results_path(out_dir, grid["name"], rank).unlink(missing_ok=True)
+        comm.barrier()
+    return _in_grid_order(records, order)
+
+
+def _in_grid_order(records, order):
     return sorted(records, key=lambda r: order.index(r["experiment_name"]) if r["experiment_name"] in order else 0)
+
+
+def _prefixed(echo, prefix):
+    def echo_with_prefix(line):
+        echo(prefix + line)
+    return echo_with_prefix
 
 
 def _duration(seconds):
@@ -305,9 +361,11 @@ def summary_table(records):
 
 
 def run_experiments(grids=("capacity", "context", "depth", "width"), grid_file=None, out_dir="experiments/results",
-                    data=None, quick=False, token_budget=None, seed=None, echo=print):
+                    data=None, quick=False, token_budget=None, seed=None, echo=print, communicator=None):
     """Run the named built-in grids (and/or a grid file), write results and plots; returns
-    {grid name: records}."""
+    {grid name: records}. Under MPI the ranks share each grid's runs; rank 0 plots and prints
+    the tables."""
+    comm = communicator if communicator is not None else distributed.world()
     chosen = []
     for name in grids:
         if name not in GRIDS:
@@ -318,15 +376,22 @@ def run_experiments(grids=("capacity", "context", "depth", "width"), grid_file=N
     if not chosen:
         raise ValueError("no grid to run: name built-in grids or give a grid file")
     budget = token_budget or (QUICK_TOKEN_BUDGET if quick else TOKEN_BUDGET)
-    tokens = load_tokens(data, quick)
+    with distributed.failing_together(comm):  # a rank's failed run ends the job, not a wait at the gather
+        return _run_grids(chosen, out_dir, budget, load_tokens(data, quick), quick, seed, echo, comm)
+
+
+def _run_grids(chosen, out_dir, budget, tokens, quick, seed, echo, comm):
     everything = {}
     for grid in chosen:
-        records = run_grid(grid, out_dir, token_budget=budget, quick=quick, seed=seed, echo=echo, tokens=tokens)
+        records = run_grid(grid, out_dir, token_budget=budget, quick=quick, seed=seed, echo=echo, tokens=tokens,
+                           communicator=comm)
+        everything[grid["name"]] = records
+        if not comm.is_root:
+            continue
         figures = plot_grid(records, out_dir, grid["name"])
         echo(summary_table(records))
         if figures["power_law"] is not None:
             a, b = figures["power_law"]
             echo(f"power law: val loss = {a:.4g} * N^{b:.4f}")
         echo(f"results: {results_path(out_dir, grid['name'])}; plots: {', '.join(map(str, figures['plots']))}")
-        everything[grid["name"]] = records
     return everything

@@ -7,6 +7,10 @@
 
 A run folder holds the checkpoints, metrics.jsonl, run.json (where the data came from, so
 --resume needs nothing else), results.json and, for a text file, the token files in data/.
+
+Under `mpiexec -n N` every rank runs this; rank 0 alone prints, prepares the token files and
+writes the folder's files (the others wait, then read them: the run folder must be one that
+every rank sees, or --data a prepared folder present at the same path on every machine).
 """
 
 import json
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nanollm import distributed
 from nanollm.checkpoint import find_checkpoint, read_checkpoint_metadata
 from nanollm.config import DEFAULTS, resolve
 from nanollm.corpus import synthetic_text
@@ -148,10 +153,14 @@ def _fine_tuning_start(cfg, overrides, sources):
 
 
 def launch_training(data=None, preset=None, overrides=(), sources=None, out=None, resume=None,
-                    tokenizer="char", command=None, num_samples=2, echo=print):
+                    tokenizer="char", command=None, num_samples=2, echo=print, communicator=None):
     """Train as `nanollm train` does and return train_with_config's results.
 
-    overrides: config dicts (a config file's, then the command line's), named by sources."""
+    overrides: config dicts (a config file's, then the command line's), named by sources.
+    communicator: the data-parallel ranks (default: distributed.world())."""
+    comm = communicator if communicator is not None else distributed.world()
+    if not comm.is_root:
+        echo, num_samples = _silent, 0
     overrides = list(overrides)
     sources = list(sources) if sources is not None else [f"config {i + 1}" for i in range(len(overrides))]
     saved_tokenizer, run_record = None, {}
@@ -175,6 +184,7 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
         cfg = resolve(*overrides, preset=preset, sources=sources)
         if out is None:
             out = Path(cfg["checkpoint_dir"]) if cfg["checkpoint_dir"] is not None else fresh_run_folder(preset)
+        out = comm.broadcast(out)  # rank 0's choice of a fresh folder is everyone's
         cfg["checkpoint_dir"] = str(out)
         model = None
         if cfg["init_from"] is not None:
@@ -183,18 +193,25 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
         check_data_path(data)  # before the run folder is created
     out = Path(out)
     resuming_here = resume is not None and Path(cfg["resume_from"]).resolve().parent == out.resolve()
-    check_checkpoint_dir(cfg, resuming_here)  # before data/ or run.json touch the folder
-    if cfg["overwrite"] and not resuming_here:
-        (out / RESULTS_FILE).unlink(missing_ok=True)  # train_with_config removes the old checkpoints
-    out.mkdir(parents=True, exist_ok=True)
 
-    train, val, tok, description = load_data(data, out, tokenizer, cfg["vocab_size"], cfg["val_fraction"],
-                                             tokenizer=saved_tokenizer)
+    def prepare_folder():
+        check_checkpoint_dir(cfg, resuming_here)  # before data/ or run.json touch the folder
+        if cfg["overwrite"] and not resuming_here:
+            (out / RESULTS_FILE).unlink(missing_ok=True)  # train_with_config removes the old checkpoints
+        out.mkdir(parents=True, exist_ok=True)
+        return load_data(data, out, tokenizer, cfg["vocab_size"], cfg["val_fraction"], tokenizer=saved_tokenizer)
+
+    loaded = distributed.root_only(comm, prepare_folder)  # rank 0 writes the token files ...
+    if not comm.is_root:  # ... which the others then read (those of a text file already prepared)
+        loaded = load_data(data if data is None or Path(data).is_dir() else out / "data", out, tokenizer,
+                           cfg["vocab_size"], cfg["val_fraction"], tokenizer=saved_tokenizer)
+    train, val, tok, description = loaded
     if model is None:
         model = build_model(cfg, tok.vocab_size)
-    write_json_atomically(out / RUN_FILE, {
-        "data": None if data is None else str(Path(data).resolve()), "tokenizer": tokenizer,
-        "preset": preset or run_record.get("preset"), "command": command}, indent=2)
+    if comm.is_root:
+        write_json_atomically(out / RUN_FILE, {
+            "data": None if data is None else str(Path(data).resolve()), "tokenizer": tokenizer,
+            "preset": preset or run_record.get("preset"), "command": command}, indent=2)
 
     echo(f"data: {description}, vocabulary {tok.vocab_size}")
     echo(f"model: {model.architecture}, {model.num_layers} layers, {model.num_heads} heads, width "
@@ -210,7 +227,9 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
     prompt = cfg["sample_prompt"]
     if resume is None and num_samples:
         echo(f"sample before training: {_sample(model, tok, prompt, 60, cfg['seed'])!r}")
-    results = train_with_config(model, train, cfg, val_tokens=val, tokenizer=tok)
+    results = train_with_config(model, train, cfg, val_tokens=val, tokenizer=tok, communicator=comm)
+    if not comm.is_root:
+        return results
     summary = {key: value for key, value in results.items() if key != "history"}
     write_json_atomically(out / RESULTS_FILE, summary, indent=2)
 
@@ -230,6 +249,10 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
         echo(f"--- next ---\nnanollm sample --checkpoint {out}{prompt_option}\n"
              f"nanollm plot {out}\nnanollm train --resume {out} --num_steps={results['steps'] * 2}")
     return results
+
+
+def _silent(*args, **kwargs):
+    """The echo of ranks other than 0: one rank speaks for the job."""
 
 
 def _sample(model, tokenizer, prompt, length, seed):

@@ -296,10 +296,12 @@ class _TrainingRun:
         for name, generator in (("batches", self.batch_rng), ("dropout", self.model.dropout_rng)):
             if name in streams:
                 generator.bit_generator.state = streams[name]
-        if len(saved_ranks) != self.comm.size:
-            self.notes.append(f"{path} was written by {len(saved_ranks)} rank(s), this run has {self.comm.size}: "
-                              "ranks without saved random streams start fresh ones, so batches and dropout differ "
-                              "from an uninterrupted run's")
+        saved, ranks = len(saved_ranks), self.comm.size
+        if saved != ranks:
+            what = (f"ranks {saved} to {ranks - 1} start fresh random streams" if ranks > saved
+                    else f"the random streams of ranks {ranks} to {saved - 1} go unused")
+            self.notes.append(f"{path} was written by {saved} rank(s) and this run has {ranks}: {what}, so batches "
+                              "and dropout differ from an uninterrupted run's")
         best = extra.get("best_val_loss")
         self.best_val_loss = math.inf if best is None else best
         self.val_loss = extra.get("val_loss")
@@ -481,7 +483,8 @@ def _train(model, tokens, cfg, val_tokens, tokenizer, resume_from, preset, comm)
     if cfg["init_from"] is not None and resume is None:  # a resumed run has its weights already
         _load_initial_weights(model, cfg["init_from"], tokenizer)
     _attach_lora(model, cfg)
-    folder = distributed.root_only(comm, lambda: _prepare_checkpoint_dir(cfg, resuming_here))
+    distributed.root_only(comm, lambda: _prepare_checkpoint_dir(cfg, resuming_here))
+    folder = Path(cfg["checkpoint_dir"]) if cfg["checkpoint_dir"] is not None else None  # every rank's name for it
 
     previous_backend = backends.current_name()
     if cfg["backend"] is not None:
