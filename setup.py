@@ -46,6 +46,9 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6", "safetensors>=0.4", "nbclient>=0.7", "nbformat>=5.7", "ipykernel>=6"],
         "hf": ["safetensors>=0.4"],  # nanollm export / import (Hugging Face GPT-2)
         "gpu": ["cupy-cuda12x"],
+        # data-parallel training under mpiexec (nanollm.distributed): mpi4py and MPICH's wheel,
+        # which brings its own mpiexec into the environment's bin/
+        "mpi": ["mpi4py>=4.0", "mpich>=4.1"],
     },
     entry_points={"console_scripts": ["nanollm=nanollm.cli:main"]},
     license="MIT",

@@ -84,6 +84,7 @@ class MPICommunicator:
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(status)
+        os._exit(status)  # Abort ends the process; should it ever come back, this rank stops all the same
 
 
 _WORLD = None
@@ -220,8 +221,9 @@ def failing_together(comm):
         return
     try:
         yield
-    except BaseException as exc:  # noqa: BLE001 - whatever it was, the other ranks must stop too
+    except BaseException as exc:  # whatever it was, the other ranks must stop too
         comm.abort(failure_message(comm, exc))
+        raise
 
 
 def failure_message(comm, exc):
