@@ -141,3 +141,14 @@ def test_param_check_interval_is_a_checked_config_key():
     assert resolve({})["param_check_interval"] == 100
     with pytest.raises(ValueError, match="param_check_interval"):
         resolve({"param_check_interval": -1})
+
+
+def test_the_paper_estimate_is_a_ring_allreduce_at_the_link_rate():
+    from nanollm.parallel_bench import LATENCY_SECONDS, LINK_EFFICIENCY, estimate, ring_allreduce_seconds
+
+    assert ring_allreduce_seconds(1e9, 1, 10) == 0.0
+    rate = 10e9 / 8 * LINK_EFFICIENCY
+    assert ring_allreduce_seconds(1e9, 8, 10) == pytest.approx(2 * 7 / 8 * 1e9 / rate + 14 * LATENCY_SECONDS)
+    slow = estimate(0.1, 1e9, 8, 10)
+    assert slow["efficiency"] == pytest.approx(0.1 / (0.1 + slow["exchange_ms"] / 1e3))
+    assert estimate(0.1, 1e6, 8, 10)["efficiency"] > 0.9 > slow["efficiency"]

@@ -107,3 +107,15 @@ def test_the_experiment_runner_shares_a_grid_over_ranks(tmp_path):
     assert "[rank 0]   num_layers_1" in done.stdout and "[rank 1]   num_layers_2" in done.stdout
     assert not list((tmp_path / "results").glob("*.rank*.json"))  # merged and removed
     assert (tmp_path / "results" / "tiny_loss_curves.png").exists()
+
+
+def test_the_parallel_benchmark_prints_every_setup_and_the_estimate(tmp_path):
+    figures = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, "-m", "nanollm.parallel_bench", "--preset", "nano", "--steps", "3",
+                           "--json", str(figures)], capture_output=True, text=True, timeout=JOB_SECONDS, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(figures.read_text())
+    assert "error" not in found["2 ranks, 1 BLAS thread each"], found
+    assert found["2 ranks, 1 BLAS thread each"]["ranks"] == 2 and found["2 ranks, 1 BLAS thread each"]["allreduce_ms"] > 0
+    assert 0 < found["parallel_efficiency"] and 0 < found["estimate"]["efficiency"] < 1
+    assert "parallel efficiency, 2 ranks against 1 rank on 1 thread:" in done.stdout
