@@ -153,6 +153,8 @@ def main(argv=None):
         parser.error("--batch-size, --steps and --machines must be >= 1 and --gbits > 0")
     if args.data and not Path(args.data).is_file():
         parser.error(f"--data {args.data!r} is not a file")
+    if args.data:
+        args.data = str(Path(args.data).resolve())  # the setups run in a scratch folder
     if args.worker:
         return worker(args)
 

@@ -40,6 +40,8 @@ COVERED_ELSEWHERE = {
     "python data/prepare_shakespeare.py": "tests/test_data.py",
     "nanollm experiments": "tests/test_experiments.py",
     "python experiments/run_scaling_experiments.py": "tests/test_experiments.py",
+    "mpiexec": "tests/test_mpi.py",  # needs the [mpi] extra: run verbatim there when it is installed
+    "python -m nanollm.parallel_bench": "tests/test_mpi.py",
 }
 NANOLLM_COMMAND = re.compile(r"^(?:nanollm|python -m nanollm)(?:\s|$)")
 INPUT_CHARACTERS = 60_000   # the input.txt the docs' commands train on
@@ -86,7 +88,9 @@ def test_shell_commands_run_as_written(doc, tmp_path):
 
 def test_commands_covered_elsewhere_are_run_there():
     for command, test_file in COVERED_ELSEWHERE.items():
-        program = Path(command.split()[1]).name   # the script, or nanollm's subcommand
+        words = command.split()
+        # the launcher itself, a module run with -m, or the script / nanollm's subcommand
+        program = words[0] if len(words) == 1 else words[2] if words[1] == "-m" else Path(words[1]).name
         assert program in (ROOT / test_file).read_text(encoding="utf-8"), f"{test_file} never runs {command!r}"
 
 

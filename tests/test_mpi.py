@@ -7,6 +7,7 @@ They need the [mpi] extra (mpi4py and an MPI launcher); without it they skip and
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -119,3 +120,22 @@ def test_the_parallel_benchmark_prints_every_setup_and_the_estimate(tmp_path):
     assert found["2 ranks, 1 BLAS thread each"]["ranks"] == 2 and found["2 ranks, 1 BLAS thread each"]["allreduce_ms"] > 0
     assert 0 < found["parallel_efficiency"] and 0 < found["estimate"]["efficiency"] < 1
     assert "parallel efficiency, 2 ranks against 1 rank on 1 thread:" in done.stdout
+
+
+def test_training_md_mpiexec_commands_run_as_written(tmp_path):
+    """TRAINING.md's data-parallel commands, verbatim and in order, in one scratch folder (as
+    tests/test_docs.py runs the others), with this environment's mpiexec and nanollm."""
+    from test_docs import INPUT_CHARACTERS, shell_commands, write_named_config_files
+
+    from nanollm.corpus import synthetic_text
+
+    (tmp_path / "input.txt").write_text(synthetic_text(INPUT_CHARACTERS, seed=0), encoding="utf-8")
+    write_named_config_files("TRAINING.md", tmp_path)
+    commands = [c for c in shell_commands("TRAINING.md") if c.startswith("mpiexec")]
+    assert len(commands) >= 3
+    for command in commands:
+        words = shlex.split(command)
+        assert words[:3] == ["mpiexec", "-n", "2"] and words[3] == "nanollm", command
+        done = nanollm(*words[4:], cwd=tmp_path)
+        assert done.returncode == 0, f"{command!r} failed:\n{done.stderr[-2000:]}"
+    assert (tmp_path / "runs" / "dp" / "checkpoint_final.npz").exists()
