@@ -183,7 +183,9 @@ class _TrainingRun:
         self.decay = {name: decays(name, p, cfg["no_decay"]) for name, p in trainable.items()}
         self.batch_rng = np.random.default_rng(distributed.rank_seed(cfg["seed"], comm.rank))
         model.dropout_rng = np.random.default_rng(distributed.rank_seed(cfg["seed"] + 1, comm.rank))
-        self.gradients = None if comm.size == 1 else distributed.GradientBuffer(trainable, backends.array_module(model.params["wte"]))
+        self.gradients = None  # alone: gradients straight from backward; with ranks: one flat buffer to Allreduce
+        if comm.size > 1:
+            self.gradients = distributed.GradientBuffer(trainable, backends.array_module(model.params["wte"]))
         self.communication_seconds = 0.0  # spent in the gradient Allreduce, waiting for other ranks included
         self.step, self.tokens_seen = 0, 0
         self.best_val_loss, self.evals_without_improvement = math.inf, 0
