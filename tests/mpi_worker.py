@@ -55,7 +55,8 @@ def equivalence(comm, out):
                                        communicator=distributed.SingleProcess())
             found[architecture] = {
                 "relative_error": relative_error(alone.params, together.params),
-                "steps": [single["steps"], shared["steps"]], "tokens_seen": [single["tokens_seen"], shared["tokens_seen"]],
+                "steps": [single["steps"], shared["steps"]],
+                "tokens_seen": [single["tokens_seen"], shared["tokens_seen"]],
                 "loss": [single["final_loss"], shared["final_loss"]], "ranks": shared["ranks"],
                 "communication_seconds": shared["communication_seconds"]}
     return found

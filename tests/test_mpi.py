@@ -116,8 +116,9 @@ def test_the_parallel_benchmark_prints_every_setup_and_the_estimate(tmp_path):
                            "--json", str(figures)], capture_output=True, text=True, timeout=JOB_SECONDS, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(figures.read_text())
-    assert "error" not in found["2 ranks, 1 BLAS thread each"], found
-    assert found["2 ranks, 1 BLAS thread each"]["ranks"] == 2 and found["2 ranks, 1 BLAS thread each"]["allreduce_ms"] > 0
+    pair = found["2 ranks, 1 BLAS thread each"]
+    assert "error" not in pair, found
+    assert pair["ranks"] == 2 and pair["allreduce_ms"] > 0
     assert 0 < found["parallel_efficiency"] and 0 < found["estimate"]["efficiency"] < 1
     assert "parallel efficiency, 2 ranks against 1 rank on 1 thread:" in done.stdout
 
