@@ -140,3 +140,16 @@ def test_training_md_mpiexec_commands_run_as_written(tmp_path):
         done = nanollm(*words[4:], cwd=tmp_path)
         assert done.returncode == 0, f"{command!r} failed:\n{done.stderr[-2000:]}"
     assert (tmp_path / "runs" / "dp" / "checkpoint_final.npz").exists()
+
+
+def test_training_md_data_parallel_script_runs_on_two_ranks(tmp_path):
+    """The script of TRAINING.md's data-parallel section, as its first line says to run it."""
+    from test_docs import ROOT, code_blocks
+
+    script = next(b for b in code_blocks("TRAINING.md", "python") if b.startswith("# train_dp.py"))
+    (tmp_path / "train_dp.py").write_text(script, encoding="utf-8")
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    done = mpiexec(sys.executable, "train_dp.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("2 rank(s): loss") == 1  # rank 0 alone prints
+    assert (tmp_path / "checkpoints" / "dp" / "checkpoint_final.npz").exists()
