@@ -243,17 +243,19 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
             write_json_atomically(rank_results_path(out_dir, grid["name"], comm.rank), mine, indent=2)
         echo(f"  {name}: {record['num_parameters']:,} parameters, val loss {results['final_val_loss']:.4f}, "
              f"{results['tokens_per_second']:,.0f} tokens/s, {results['training_time_seconds']:.1f} s")
-    order = [name for name, _, _ in runs]
     if comm.size > 1:
         for finished in comm.allgather(mine):  # every rank waits here for the slowest
             records = _merge(records, finished)
-        records = _in_grid_order(records, order)
-        if comm.is_root:
+    records = _in_grid_order(records, [name for name, _, _ in runs])
+    if comm.is_root:  # the ranks' records, and any an interrupted MPI job left, go into the grid's file
+        leftovers = sorted(Path(out_dir).glob(f"{grid['name']}_scaling.rank*.json"))
+        if comm.size > 1 or leftovers:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
             write_json_atomically(path, records, indent=2)
-            for rank in range(comm.size):
-                rank_results_path(out_dir, grid["name"], rank).unlink(missing_ok=True)
-        comm.barrier()
-    return _in_grid_order(records, order)
+            for leftover in leftovers:
+                leftover.unlink()
+    comm.barrier()
+    return records
 
 
 def _in_grid_order(records, order):

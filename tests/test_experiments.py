@@ -85,6 +85,21 @@ def test_an_interrupted_grid_continues_where_it_stopped(tmp_path, small_tokens):
     assert "3 already in" in again[0] and len(again) == 1
 
 
+def test_runs_an_interrupted_mpi_job_left_in_rank_files_count_as_done(tmp_path, small_tokens):
+    grid = {"name": "lr", "base": GRIDS["depth"]["base"], "vary": {"learning_rate": [1e-3, 3e-3]}}
+    finished = run_grid({**grid, "vary": {"learning_rate": [1e-3]}}, tmp_path, token_budget=4096, tokens=small_tokens,
+                        echo=lambda line: None)
+    (tmp_path / "lr_scaling.json").rename(tmp_path / "lr_scaling.rank1.json")  # as rank 1 left it
+
+    lines = []
+    records = run_grid(grid, tmp_path, token_budget=4096, tokens=small_tokens, echo=lines.append)
+    assert "1 already in" in lines[0]
+    assert records[0] == finished[0] and [r["experiment_name"] for r in records] == ["learning_rate_0.001",
+                                                                                    "learning_rate_0.003"]
+    assert json.loads((tmp_path / "lr_scaling.json").read_text()) == records
+    assert not (tmp_path / "lr_scaling.rank1.json").exists()
+
+
 def test_a_user_grid_file_runs_from_the_command_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "heads.toml").write_text('name = "heads"\n[base]\nembedding_dim = 32\nnum_layers = 1\n'
