@@ -10,8 +10,9 @@ into one flat buffer (GradientBuffer) and a single in-place Allreduce sums them,
 applies the same update to the same parameters. check_identical() verifies that now and then
 (hashes of every parameter): ranks that drifted apart are an error, not a silent fork.
 
-A process started without a launcher gets SingleProcess, whose collectives do nothing, so the
-training loop has one code path and single-process runs do not need mpi4py (the [mpi] extra).
+A process started without a launcher gets SingleProcess, whose collectives do nothing: a
+single-process run needs no mpi4py (the [mpi] extra) and keeps its gradients as backward
+returns them, with no flat buffer to fill.
 """
 
 import hashlib
@@ -24,7 +25,7 @@ import numpy as np
 
 from nanollm import mpi_launch
 
-INSTALL_HINT = "pip install 'nanollm[mpi]' (mpi4py and MPICH from PyPI)"
+INSTALL_HINT = "pip install \".[mpi]\" in the nanollm checkout (mpi4py and MPICH from PyPI)"
 
 
 class SingleProcess:
@@ -51,7 +52,7 @@ class SingleProcess:
 
 
 class MPICommunicator:
-    """mpi4py's communicator behind the same five collectives, plus abort."""
+    """mpi4py's communicator behind the same four collectives, plus abort."""
 
     def __init__(self, comm, mpi):
         self.comm, self.mpi = comm, mpi
@@ -177,7 +178,7 @@ class GradientBuffer:
     grads[name] are views into the buffer with the parameters' shapes: accumulate into them,
     allreduce the buffer, and they hold the sum over every rank."""
 
-    EXTRAS = 3  # loss x targets, targets, windows
+    EXTRAS = 3  # loss x targets, targets, windows: in the gradients' dtype (float32 counts exactly to 2**24 a step)
 
     def __init__(self, params, xp=np):
         first = next(iter(params.values()))

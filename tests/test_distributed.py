@@ -57,7 +57,7 @@ def test_an_mpi_launch_without_mpi4py_is_a_clear_error(no_launcher):
     no_launcher.setenv("PMI_SIZE", "2")
     no_launcher.setitem(sys.modules, "mpi4py", None)  # import mpi4py fails
     with pytest.raises(ImportError, match=r"started by an MPI launcher with 2 ranks but mpi4py is not installed: "
-                                          r"pip install 'nanollm\[mpi\]'.*NANOLLM_MPI=0"):
+                                          r"pip install \"\.\[mpi\]\".*NANOLLM_MPI=0"):
         distributed.world()
 
 
