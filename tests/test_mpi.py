@@ -41,10 +41,10 @@ def run_scenario(name, tmp_path):
 def test_two_ranks_equal_one_rank_accumulating_the_same_windows(tmp_path):
     done, found = run_scenario("equivalence", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    for architecture in ("gpt2", "llama"):
+    for architecture in ("gpt2", "llama", "llama_lora"):
         case = found[architecture]
         assert case["ranks"] == 2
-        assert case["steps"][0] == case["steps"][1] > 10
+        assert case["steps"][0] == case["steps"][1] >= 10
         assert case["tokens_seen"][0] == case["tokens_seen"][1]
         assert case["relative_error"] < 1e-9, (architecture, case)
         assert case["loss"][0] == pytest.approx(case["loss"][1], rel=1e-9)
