@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from nanollm import mpi_launch
+from nanollm import backends, mpi_launch
 
 INSTALL_HINT = "pip install \".[mpi]\" in the nanollm checkout (mpi4py and MPICH from PyPI)"
 
@@ -147,12 +147,8 @@ def check_same_config(comm, cfg):
 
 def parameter_digests(params):
     """{name: hash of the array's bytes}: equal digests mean bit-identical parameters."""
-    return {name: hashlib.blake2b(np.ascontiguousarray(_host(p)).data, digest_size=16).hexdigest()
+    return {name: hashlib.blake2b(np.ascontiguousarray(backends.to_numpy(p)).data, digest_size=16).hexdigest()
             for name, p in params.items()}
-
-
-def _host(array):
-    return array.get() if hasattr(array, "get") and not isinstance(array, np.ndarray) else array
 
 
 def check_identical(comm, params, step):
@@ -206,7 +202,7 @@ class GradientBuffer:
 
     def counts(self):
         """(loss x targets, targets, windows) summed so far, as Python floats."""
-        return tuple(float(x) for x in _host(self.flat[-3:]))
+        return tuple(float(x) for x in backends.to_numpy(self.flat[-3:]))
 
     def scale(self, factor):
         self.flat[:-self.EXTRAS] *= factor

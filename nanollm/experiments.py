@@ -145,10 +145,15 @@ def rank_results_path(out_dir, grid_name, rank):
     return Path(out_dir) / f"{grid_name}_scaling.rank{rank}.json"
 
 
+def rank_results_files(out_dir, grid_name):
+    """The rank files of the grid now in out_dir (left by an unfinished MPI job, or this one's)."""
+    return sorted(Path(out_dir).glob(f"{grid_name}_scaling.rank*.json"))
+
+
 def read_grid_results(out_dir, grid_name):
     """The grid's records: its results file, plus those of rank files an interrupted MPI job left."""
     records = read_results(results_path(out_dir, grid_name))
-    for path in sorted(Path(out_dir).glob(f"{grid_name}_scaling.rank*.json")):
+    for path in rank_results_files(out_dir, grid_name):
         records = _merge(records, read_results(path))
     return records
 
@@ -248,7 +253,7 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
             records = _merge(records, finished)
     records = _in_grid_order(records, [name for name, _, _ in runs])
     if comm.is_root:  # the ranks' records, and any an interrupted MPI job left, go into the grid's file
-        leftovers = sorted(Path(out_dir).glob(f"{grid['name']}_scaling.rank*.json"))
+        leftovers = rank_results_files(out_dir, grid["name"])
         if comm.size > 1 or leftovers:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             write_json_atomically(path, records, indent=2)

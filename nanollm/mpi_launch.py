@@ -9,6 +9,8 @@ figures).
 """
 
 import os
+import shutil
+import sys
 
 # (variable holding the number of ranks, the rank, the ranks on this machine) for each launcher
 LAUNCHERS = (
@@ -41,6 +43,13 @@ def wants_mpi():
     """Whether training should join MPI: started by a launcher with more than one rank, or
     NANOLLM_MPI=1."""
     return os.environ.get(SWITCH) == "1" or launched_ranks()[1] > 1
+
+
+def find_mpiexec():
+    """The path of mpiexec: the one beside this Python (MPICH's wheel puts it in the environment's
+    bin/), else the first on PATH; None when there is none."""
+    beside_python = os.path.dirname(sys.executable)
+    return shutil.which("mpiexec", path=os.pathsep.join([beside_python, os.environ.get("PATH", "")]))
 
 
 def cores():

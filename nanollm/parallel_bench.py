@@ -22,9 +22,9 @@ exchange with the backward, so a step takes compute + exchange.
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanollm import distributed
+from nanollm import distributed, mpi_launch
 from nanollm.config import PRESETS, resolve
 from nanollm.corpus import synthetic_text
 from nanollm.launch import build_model
@@ -85,41 +85,26 @@ def worker(args):
 # ----------------------------------------------------------------------------- the comparison
 
 
-def launcher():
-    return shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-
-
 def run_setup(args, ranks, threads):
     """One setup's figures, from a fresh process group, or {"error": ...}."""
     command = [sys.executable, "-m", "nanollm.parallel_bench", "--worker", "--preset", args.preset,
                "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
     if args.data:
         command += ["--data", str(args.data)]
-    env = {k: v for k, v in os.environ.items() if k not in ("NANOLLM_MPI",)}
+    env = {k: v for k, v in os.environ.items() if k != mpi_launch.SWITCH and k not in mpi_launch.THREAD_VARIABLES}
     if threads is not None:
-        env.update({name: str(threads) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                     "NUMBA_NUM_THREADS")})
-    else:
-        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            env.pop(name, None)
+        env.update({name: str(threads) for name in mpi_launch.THREAD_VARIABLES})
     if ranks > 1:
-        if launcher() is None or distributed_missing():
+        mpiexec = mpi_launch.find_mpiexec()
+        if mpiexec is None or importlib.util.find_spec("mpi4py") is None:
             return {"error": f"no MPI here: {distributed.INSTALL_HINT}"}
-        command = [launcher(), "-n", str(ranks), *command]
+        command = [mpiexec, "-n", str(ranks), *command]
     with tempfile.TemporaryDirectory() as folder:  # checkpoints nowhere, but any stray file stays out of the cwd
         done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=folder, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         return {"error": (done.stderr.strip() or done.stdout.strip())[-400:]}
     return json.loads(lines[-1])
-
-
-def distributed_missing():
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return True
-    return False
 
 
 def ring_allreduce_seconds(gradient_bytes, machines, gbits):

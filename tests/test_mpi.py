@@ -8,15 +8,16 @@ import importlib.util
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from nanollm import mpi_launch
+
 WORKER = Path(__file__).with_name("mpi_worker.py")
-LAUNCHER = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+LAUNCHER = mpi_launch.find_mpiexec()
 JOB_SECONDS = 240  # a hang would be caught here, not wait forever
 
 pytestmark = pytest.mark.skipif(
