@@ -91,8 +91,8 @@ DEFAULTS = {
     "sample_prompt": "\n",        # prompt of those samples (needs a tokenizer)
     "sample_length": 200,         # tokens generated per sample
     # ---- numerics and reproducibility ----
-    "dtype": None,                # float32 or float64 (None: the model's)
-    "backend": None,              # numpy, numba, cython or auto (None: the current one, auto by default)
+    "dtype": None,                # float32, float64, or float16 / bfloat16 compute with float32 master weights (None: the model's)
+    "backend": None,              # numpy, numba, cython, auto (CPU) or cupy (GPU) (None: the current one, auto by default)
     "seed": 1337,                 # seeds batches, dropout and, for new models, the weights
     # ---- data parallel (mpiexec -n N; see nanollm.distributed) ----
     "param_check_interval": 100,  # steps between checks that every rank holds the same parameters (0: start and end only)
@@ -109,7 +109,7 @@ OPTIONAL_TYPES = {
     "checkpoint_dir": str, "resume_from": str, "init_from": str, "dropout": float, "dtype": str, "backend": str,
     "no_decay": list, "architecture": str, "tie_embeddings": bool, "rope_base": float,
 }
-CHOICES = {"architecture": ARCHITECTURES, "optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
+CHOICES = {"architecture": ARCHITECTURES, "optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64", "float16", "bfloat16"),
            "backend": backends.names(), "muon_adjust_lr": MUON_ADJUST_LR}
 POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size", "sample_length",
             "vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",

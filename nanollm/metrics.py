@@ -79,9 +79,11 @@ class Progress:
                 return
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
-    def step(self, loss):
+    def step(self, loss=None):
+        """One step done; its loss (None when it was not read from the device this step)."""
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             self.bar.update(1)
 
     def print(self, line):

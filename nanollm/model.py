@@ -234,6 +234,14 @@ class TransformerLanguageModel:
         self._update_layout()
         self._cache = None
 
+    def to_device(self, xp):
+        """Move every parameter to the array module ``xp`` (numpy: the host; cupy: the current
+        GPU), keeping dtypes; a no-op where they are already. Cached rope tables are dropped."""
+        if backends.array_module(self.params["wte"]) is not xp:
+            self.params = {name: xp.asarray(backends.to_numpy(p) if xp is np else p) for name, p in self.params.items()}
+            self._rope_tables = {}
+        return self
+
     def _update_layout(self):
         """The block's parameter suffixes and LoRA adapters, after the lora setting changed."""
         self.lora = self.config["lora"]
@@ -395,6 +403,8 @@ class TransformerLanguageModel:
             raise ValueError(f"the KV cache holds a batch of {kv_cache.batch} but idx has {idx.shape[0]} rows; "
                              "make a cache with KVCache.for_model(model, batch=idx.shape[0])")
         p, xp = self.params, backends.array_module(self.params["wte"])
+        idx = xp.asarray(idx)  # host ids go to the parameters' device here, once (checked on the host above)
+        targets = None if targets is None else xp.asarray(targets)
         positions = xp.arange(start, start + idx.shape[1])  # (T,)
         drop = dict(p=self.dropout, rng=self.dropout_rng, training=self.training)
 
@@ -429,11 +439,13 @@ class TransformerLanguageModel:
         return self.params["wte"].T if self.tie_embeddings else self.params["lm_head.weight"]
 
     def _rope(self, positions):
-        """cos, sin (T, hd/2) of the rotary angles at ``positions`` (T,), in the model's dtype."""
-        xp = backends.array_module(self.params["wte"])
-        key = (self.dtype, xp.__name__)
+        """cos, sin (T, hd/2) of the rotary angles at ``positions`` (T,), in the dtype the
+        parameters have now (the model's, or a mixed-precision step's compute dtype)."""
+        wte = self.params["wte"]
+        xp, dtype = backends.array_module(wte), wte.dtype
+        key = (str(dtype), xp.__name__)
         if key not in self._rope_tables:
-            self._rope_tables[key] = rope_tables(self.max_seq_len, self.head_dim, self.rope_base, self.dtype, xp)
+            self._rope_tables[key] = rope_tables(self.max_seq_len, self.head_dim, self.rope_base, dtype, xp)
         cos, sin = self._rope_tables[key]
         return cos[positions], sin[positions]
 
@@ -487,11 +499,11 @@ class TransformerLanguageModel:
 
     # ----------------------------------------------------------------------------- backward
 
-    def backward(self, dlogits=None):
-        """Gradients of the loss (or of sum(logits * dlogits) when dlogits (B, T, V) is given)
-        with respect to every trainable parameter: a dict with the keys of ``trainable`` (all of
-        ``params``; with LoRA adapters, those alone, and the frozen weights' gradients are
-        never computed)."""
+    def backward(self, dlogits=None, dloss=1.0):
+        """Gradients of dloss * the loss (or of sum(logits * dlogits) when dlogits (B, T, V) is
+        given) with respect to every trainable parameter: a dict with the keys of ``trainable``
+        (all of ``params``; with LoRA adapters, those alone, and the frozen weights' gradients
+        are never computed). dloss: 1, or float16's loss scale (a 0-d array on the device)."""
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() first (one without a kv_cache)")
         (tok_cache, pos_cache, add_cache, drop_cache, block_caches,
@@ -499,7 +511,7 @@ class TransformerLanguageModel:
         if dlogits is None:
             if loss_cache is None:
                 raise RuntimeError("backward() without dlogits needs forward(idx, targets) with targets")
-            dlogits = cross_entropy_backward(1.0, loss_cache)
+            dlogits = cross_entropy_backward(dloss, loss_cache)
         grads = {}
 
         frozen = self.lora is not None

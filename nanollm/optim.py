@@ -278,6 +278,15 @@ def global_grad_norm(grads):
     return sum(sum_of_squares(g) for g in grads.values()) ** 0.5
 
 
+def clip_coefficient(norm, max_norm, xp):
+    """The factor clip_grad_norm scales the gradients by, as a 0-d array of ``xp`` (numpy or
+    cupy) computed where norm lives, so a GPU never waits for the host: max_norm / (norm + 1e-6)
+    above max_norm, else 1 (max_norm 0 or None: always 1)."""
+    if not max_norm:
+        return xp.asarray(1.0)
+    return xp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)
+
+
 def clip_grad_norm(grads, max_norm):
     """Scale every gradient in place so their global norm is at most max_norm (0 or None: off).
 

@@ -41,7 +41,8 @@ from nanollm.generate import generate_text
 from nanollm.lora import lora_setting
 from nanollm.metrics import METRICS_FILE, MetricsLog, Progress, log_line
 from nanollm.ops.cross_entropy import IGNORE_INDEX
-from nanollm.optim import clip_grad_norm, decays, rule_for
+from nanollm.optim import OPTIMIZERS, clip_coefficient, decays, rule_for
+from nanollm.precision import HALF_DTYPES, LossScaler, compute_dtype, half_copy
 from nanollm.schedule import lr_at
 
 ADAPTERS_FILE = "adapters_final.npz"  # a LoRA run's adapters alone, beside its final checkpoint
@@ -65,13 +66,14 @@ def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0, 
     else:
         rng = np.random.default_rng(seed)
         batches = [random_starts(rng, len(data), seq_len, batch_size) for _ in range(num_batches)]
-    sums = np.zeros(2)  # (loss x counted targets, counted targets)
+    loss_sum, count = 0.0, 0  # loss x counted targets (on the parameters' device), counted targets
     with model.evaluating():
         for starts in batches[comm.rank::comm.size]:
             inputs, targets = data.windows(starts, seq_len)
             counted = int((targets != IGNORE_INDEX).sum())  # masked targets (instruction prompts) do not count
-            sums += (float(model.forward(inputs, targets)[1]) * counted, counted)
-    total, count = comm.allreduce_sum(sums)
+            loss_sum = loss_sum + model.forward(inputs, targets)[1].astype(np.float64) * counted
+            count += counted
+    total, count = comm.allreduce_sum(np.array([float(loss_sum), count]))  # the one host read
     return float(total / count) if count else math.nan
 
 
@@ -86,9 +88,10 @@ def _configure_model(model, cfg):
     if seq_len > model.max_seq_len:
         raise ValueError(f"max_seq_len={seq_len} exceeds the model's max_seq_len={model.max_seq_len}; "
                          "lower max_seq_len or build the model with a longer context")
-    if cfg["dtype"] is not None and cfg["dtype"] != model.dtype:
-        model.params = {name: p.astype(cfg["dtype"]) for name, p in model.params.items()}
-        model.dtype = model.config["dtype"] = cfg["dtype"]
+    master = "float32" if cfg["dtype"] in HALF_DTYPES else cfg["dtype"]  # half precision: float32 master weights
+    if master is not None and master != model.dtype:
+        model.params = {name: p.astype(master) for name, p in model.params.items()}
+        model.dtype = model.config["dtype"] = master
     if cfg["dropout"] is not None:
         model.dropout = model.config["dropout"] = cfg["dropout"]
     return seq_len
@@ -181,11 +184,26 @@ class _TrainingRun:
         self.rules = {name: rule_for(name, p, cfg) for name, p in trainable.items()}
         self.states = {name: self.rules[name].optimizer.init(p) for name, p in trainable.items()}
         self.decay = {name: decays(name, p, cfg["no_decay"]) for name, p in trainable.items()}
-        self.batch_rng = np.random.default_rng(distributed.rank_seed(cfg["seed"], comm.rank))
-        model.dropout_rng = np.random.default_rng(distributed.rank_seed(cfg["seed"] + 1, comm.rank))
+        self.batch_rng = np.random.default_rng(distributed.rank_seed(cfg["seed"], comm.rank))  # on the host
+        model.dropout_rng = backends.random_generator(distributed.rank_seed(cfg["seed"] + 1, comm.rank))  # on the device
+        xp = self.xp = backends.array_module(model.params["wte"])
         self.gradients = None  # alone: gradients straight from backward; with ranks: one flat buffer to Allreduce
         if comm.size > 1:
-            self.gradients = distributed.GradientBuffer(trainable, backends.array_module(model.params["wte"]))
+            self.gradients = distributed.GradientBuffer(trainable, xp)
+        # Mixed precision: a half-precision copy of the weights computes; float16 scales its loss.
+        self.half = compute_dtype(cfg["dtype"]) if cfg["dtype"] in HALF_DTYPES else None
+        self.scaler = LossScaler(xp) if cfg["dtype"] == "float16" else None
+        # The step's guard lives on the device (see guard()): the host reads it every step only
+        # where that costs nothing (host arrays) or where an update rule cannot skip by itself.
+        self.on_device = xp is not np
+        self.device_skips = all(rule.optimizer is OPTIMIZERS["adamw"] for rule in self.rules.values())
+        self.read_every_step = not (self.on_device and self.device_skips)
+        self.applied_steps = xp.asarray(0, dtype=xp.int64)  # updates applied (AdamW's bias-correction step)
+        self.skipped_steps = xp.asarray(0, dtype=xp.int64)  # float16 overflows skipped
+        self.diverged_at = xp.asarray(-1, dtype=xp.int64)   # 0-based step of the first non-finite loss or norm
+        self.diverged_values = xp.zeros(2, dtype=xp.float64)  # that step's loss and gradient norm
+        self.last_good_values = xp.zeros(2, dtype=xp.float64)  # the loss and norm of the last step before it
+        self.unread_tokens = []  # tokens of each step since the host last read the guard
         self.communication_seconds = 0.0  # spent in the gradient Allreduce, waiting for other ranks included
         self.step, self.tokens_seen = 0, 0
         self.best_val_loss, self.evals_without_improvement = math.inf, 0
@@ -216,18 +234,25 @@ class _TrainingRun:
         if self.gradients is not None:
             return self.forward_backward_ranks(batches, counted)
         total = sum(counted)
-        loss, grads = 0.0, None
-        for (inputs, targets), count in zip(batches, counted):  # (b, T) each
-            _, batch_loss = self.model.forward(inputs, targets)
-            batch_grads = self.model.backward()
-            weight = count / total if total else len(inputs) / len(starts)
-            loss += weight * float(batch_loss)
-            if grads is None:
-                grads = batch_grads if weight == 1.0 else {k: g * weight for k, g in batch_grads.items()}
-            else:
-                for name, g in batch_grads.items():
-                    grads[name] += weight * g
-            del batch_grads  # freed before the next micro-batch's backward allocates its own
+        loss, grads = 0.0, None  # loss: a float64 scalar on the parameters' device
+        master = self.model.params
+        if self.half is not None:
+            self.model.params = half_copy(master, self.half)  # once per step, shared by its micro-batches
+        dloss = 1.0 if self.scaler is None else self.scaler.scale  # float16: the scaled loss's gradient
+        try:
+            for (inputs, targets), count in zip(batches, counted):  # (b, T) each, host ids
+                _, batch_loss = self.model.forward(inputs, targets)
+                batch_grads = self.model.backward(dloss=dloss)
+                weight = count / total if total else len(inputs) / len(starts)
+                loss = loss + weight * batch_loss.astype(np.float64)  # no host read: a GPU keeps going
+                if grads is None:
+                    grads = batch_grads if weight == 1.0 else {k: g * weight for k, g in batch_grads.items()}
+                else:
+                    for name, g in batch_grads.items():
+                        grads[name] += weight * g
+                del batch_grads  # freed before the next micro-batch's backward allocates its own
+        finally:
+            self.model.params = master
         return loss, grads, len(starts)
 
     def forward_backward_ranks(self, batches, counted):
@@ -247,12 +272,77 @@ class _TrainingRun:
         buffer.scale(1.0 / max(targets, 1.0))  # no counted target anywhere: loss and gradient 0, as alone
         return loss_sum / max(targets, 1.0), buffer.grads, int(windows)
 
-    def update(self, grads, lr):
-        weight_decay = self.cfg["weight_decay"]
+    def guard(self, step, loss, grads):
+        """(gradient norm, grad_scale) of 0-based ``step``, device scalars, no host read.
+
+        grad_scale is what the update multiplies the gradients by: the clip factor (times 1/S
+        under float16's loss scale S), or 0 when the step must not update anything: a
+        non-finite loss or gradient norm (divergence: diverged_at records the first such step
+        and every later step is skipped too, so the weights stay the last good ones until the
+        host reads the guard and stops), or a float16 overflow (skipped, and S halves)."""
+        xp, prims = self.xp, backends.current()
+        norm = sum(prims.sum_of_squares(g) for g in grads.values()) ** 0.5  # float64
+        finite_loss, finite_norm = xp.isfinite(loss), xp.isfinite(norm)
+        overflow = finite_loss & ~finite_norm if self.scaler is not None else xp.asarray(False)
+        if self.scaler is not None:
+            norm = norm / self.scaler.scale.astype(xp.float64)  # the unscaled gradient's norm
+            bad = ~finite_loss
+        else:
+            bad = ~(finite_loss & finite_norm)
+        values = xp.stack([xp.asarray(loss, dtype=xp.float64), norm])  # (2,): loss, gradient norm
+        first_bad = bad & (self.diverged_at < 0)
+        self.diverged_at = xp.where(first_bad, step, self.diverged_at)
+        self.diverged_values = xp.where(first_bad, values, self.diverged_values)
+        skip = overflow | (self.diverged_at >= 0)
+        self.last_good_values = xp.where(self.diverged_at >= 0, self.last_good_values, values)
+        scale = clip_coefficient(norm, self.cfg["max_grad_norm"], xp)
+        if self.scaler is not None:
+            scale = scale / self.scaler.scale.astype(xp.float64)
+            self.scaler.update(overflow)
+            self.skipped_steps = self.skipped_steps + overflow
+        grad_scale = xp.where(skip, 0.0, scale).astype(self.model.params["wte"].dtype)  # the master weights' dtype
+        self.applied_steps = self.applied_steps + ~skip
+        return norm, grad_scale
+
+    def update(self, grads, lr, grad_scale):
+        """The update rules on the gradients times grad_scale; AdamW (the fused
+        adamw_step_scaled) reads grad_scale and the step count on the device and skips when
+        grad_scale is 0; the other rules are called only for steps the host saw were good."""
+        weight_decay, adamw_step_scaled = self.cfg["weight_decay"], backends.current().adamw_step_scaled
         for name, grad in grads.items():
-            rule = self.rules[name]
-            rule.optimizer.update(self.model.params[name], grad, self.states[name], lr=lr * rule.lr_factor,
-                                  weight_decay=weight_decay if self.decay[name] else 0.0, **rule.hyper)
+            rule, state, param = self.rules[name], self.states[name], self.model.params[name]
+            lr_here, decay_here = lr * rule.lr_factor, weight_decay if self.decay[name] else 0.0
+            if rule.optimizer is OPTIMIZERS["adamw"]:
+                state["step"] = self.applied_steps  # a host int again when a checkpoint is written
+                adamw_step_scaled(param, grad, state["m"], state["v"], lr_here, rule.hyper["beta1"],
+                                  rule.hyper["beta2"], rule.hyper["eps"], decay_here, self.applied_steps, grad_scale)
+                continue
+            if float(grad_scale) == 0:  # read every step for these rules (read_every_step)
+                continue
+            grad = grad.astype(param.dtype, copy=False)
+            grad = grad if float(grad_scale) == 1 else grad * grad_scale
+            rule.optimizer.update(param, grad, state, lr=lr_here, weight_decay=decay_here, **rule.hyper)
+
+    def read_guard(self, step):
+        """Read the device guard on the host, after 0-based ``step`` (a GPU finishes its queued
+        work first). True when the run diverged: the step count, tokens, last good loss and
+        the reason are then set for stopping."""
+        first = int(self.diverged_at)
+        if first < 0:
+            self.unread_tokens = []
+            return False
+        loss, norm = (float(v) for v in self.diverged_values)
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
+        later = step - first  # steps after the first bad one: skipped as well
+        self.tokens_seen -= sum(self.unread_tokens[len(self.unread_tokens) - later - 1:])
+        if later:  # the loop had moved on: go back to the last good step's figures
+            good = tuple(float(v) for v in self.last_good_values)
+            self.loss, self.grad_norm = good if first > self.first_step else self.before_run
+        self.step, self.diverged = first, True
+        skipped = f", nor in the {later} step(s) queued after it" if later else ""
+        self.stopped_because = (f"diverged at step {first + 1}: {what}; training stopped before updating{skipped}, "
+                                f"last good checkpoint: {self.last_good_checkpoint or 'none'}")
+        return True
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -266,13 +356,17 @@ class _TrainingRun:
         if self.comm.size > 1:
             rng_states["ranks"] = self.comm.allgather(streams)  # rank r resumes from ranks[r]
         path = self.folder / name
+        for state in self.states.values():  # AdamW's step count lives on the device during the run
+            state["step"] = int(state["step"])
+        extra = {"val_loss": self.val_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
+                 "evals_without_improvement": self.evals_without_improvement,
+                 "tokens_seen": self.tokens_seen, "ranks": self.comm.size}
+        if self.scaler is not None:
+            extra.update(self.scaler.state(), skipped_steps=int(self.skipped_steps))
         if self.comm.is_root:
             save_checkpoint(
                 path, self.model, optimizer_state=self.states, step=self.step, loss=self.loss,
-                config=self.cfg, tokenizer=self.tokenizer, rng_states=rng_states,
-                extra={"val_loss": self.val_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
-                       "evals_without_improvement": self.evals_without_improvement,
-                       "tokens_seen": self.tokens_seen, "ranks": self.comm.size})
+                config=self.cfg, tokenizer=self.tokenizer, rng_states=rng_states, extra=extra)
         self.last_good_checkpoint = str(path)
         return str(path)
 
@@ -296,8 +390,14 @@ class _TrainingRun:
         saved_ranks = info["rng_states"].get("ranks", [info["rng_states"]])  # one rank's: its own streams
         streams = saved_ranks[self.comm.rank] if self.comm.rank < len(saved_ranks) else {}
         for name, generator in (("batches", self.batch_rng), ("dropout", self.model.dropout_rng)):
-            if name in streams:
-                generator.bit_generator.state = streams[name]
+            if name not in streams:
+                continue
+            if streams[name].get("bit_generator") != generator.bit_generator.state.get("bit_generator"):
+                self.notes.append(f"{path} holds a {streams[name].get('bit_generator')} {name} stream and this "
+                                  f"device draws from {generator.bit_generator.state.get('bit_generator')}: "
+                                  f"{name} start fresh (written on a GPU and resumed on the CPU, or the other way)")
+                continue
+            generator.bit_generator.state = streams[name]
         saved, ranks = len(saved_ranks), self.comm.size
         if saved != ranks:
             what = (f"ranks {saved} to {ranks - 1} start fresh random streams" if ranks > saved
@@ -310,6 +410,13 @@ class _TrainingRun:
         self.evals_without_improvement = extra.get("evals_without_improvement", 0)
         self.tokens_seen = extra.get("tokens_seen", self.step * self.windows_per_step * self.seq_len)
         self.last_good_checkpoint = str(path)
+        adamw_steps = [state["step"] for name, state in self.states.items()
+                       if self.rules[name].optimizer is OPTIMIZERS["adamw"]]
+        self.applied_steps = self.xp.asarray(max(adamw_steps, default=0), dtype=self.xp.int64)
+        if self.scaler is not None:
+            self.scaler = LossScaler(self.xp, extra.get("loss_scale", self.scaler.scale),
+                                     extra.get("loss_scale_good_steps", 0))
+            self.skipped_steps = self.xp.asarray(extra.get("skipped_steps", 0), dtype=self.xp.int64)
 
     # ---------------------------------------------------------------- evaluation
 
@@ -348,9 +455,13 @@ class _TrainingRun:
             self.checked_at = self.step
 
     def run(self, metrics, progress):
+        """The loop over steps. The host reads the step's loss, norm and guard every step when
+        that is free (host arrays; see read_every_step), else only at the steps that need
+        them: logs, evaluations, checkpoints, samples, rank checks and the last step."""
         cfg, model, comm = self.cfg, self.model, self.comm
         start_time = time.perf_counter()
         train_seconds, interval_seconds, interval_tokens = 0.0, 0.0, 0
+        self.first_step, self.before_run = self.step, (self.loss, self.grad_norm)
         for note in self.notes:
             progress.print(note)
         self.check_ranks_agree()  # same model, same checkpoint, on every rank
@@ -358,28 +469,36 @@ class _TrainingRun:
             tick = time.perf_counter()
             lr = lr_at(step, self.schedule_cfg)
             loss, grads, windows = self.forward_backward(self.step_starts(step))
-            grad_norm = clip_grad_norm(grads, cfg["max_grad_norm"]) if math.isfinite(loss) else math.nan
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
-                self.diverged = True
-                self.stopped_because = (f"diverged at step {step + 1}: {what}; training stopped before updating, "
-                                        f"last good checkpoint: {self.last_good_checkpoint or 'none'}")
-                progress.print(self.stopped_because)
-                break
-            self.update(grads, lr)
-            self.step, self.loss, self.grad_norm = step + 1, loss, grad_norm
+            grad_norm, grad_scale = self.guard(step, loss, grads)
             step_tokens = windows * self.seq_len  # every rank's
             self.tokens_seen += step_tokens
-            spent = time.perf_counter() - tick
-            train_seconds += spent
-            interval_seconds += spent
-            interval_tokens += step_tokens
-            progress.step(loss)
+            self.unread_tokens.append(step_tokens)
+            if self.read_every_step and self.read_guard(step):  # stops before this step's update
+                progress.print(self.stopped_because)
+                break
+            self.update(grads, lr, grad_scale)
 
-            at = self.step
+            at = step + 1
             last = at == self.total_steps
             evaluating = self.val is not None and (last or (cfg["eval_interval"] and at % cfg["eval_interval"] == 0))
             logging = last or at == 1 or (cfg["log_interval"] and at % cfg["log_interval"] == 0)
+            checkpointing = self.folder is not None and cfg["checkpoint_interval"] and at % cfg["checkpoint_interval"] == 0
+            checking = cfg["param_check_interval"] and at % cfg["param_check_interval"] == 0
+            sampling = (comm.is_root and self.tokenizer is not None and cfg["sample_interval"]
+                        and at % cfg["sample_interval"] == 0)
+            reading = self.read_every_step or last or evaluating or logging or checkpointing or checking or sampling
+            if not self.read_every_step and reading and self.read_guard(step):  # a GPU's first read since the last
+                progress.print(self.stopped_because)
+                break
+            if reading:
+                loss, grad_norm = float(loss), float(grad_norm)
+            self.step, self.loss, self.grad_norm = at, loss, grad_norm
+            spent = time.perf_counter() - tick  # a GPU's queued work is finished at each read, so it counts here
+            train_seconds += spent
+            interval_seconds += spent
+            interval_tokens += step_tokens
+            progress.step(loss if reading else None)
+
             record = None
             if evaluating:
                 self.evaluate()
@@ -388,17 +507,18 @@ class _TrainingRun:
                 record = dict(step=at, loss=loss, lr=lr, grad_norm=grad_norm,
                               tokens_per_second=interval_tokens / max(interval_seconds, 1e-9),
                               elapsed=time.perf_counter() - start_time)
+                if self.scaler is not None:
+                    record.update(loss_scale=float(self.scaler.scale), skipped_steps=int(self.skipped_steps))
                 if evaluating:
                     record["val_loss"] = self.val_loss
                 metrics.write(record)
                 progress.print(log_line(record, self.total_steps))
                 interval_seconds, interval_tokens = 0.0, 0
-            if self.folder is not None and cfg["checkpoint_interval"] and at % cfg["checkpoint_interval"] == 0:
+            if checkpointing:
                 self.save_step_checkpoint()
-            if cfg["param_check_interval"] and at % cfg["param_check_interval"] == 0:
+            if checking:
                 self.check_ranks_agree()
-            if (comm.is_root and self.tokenizer is not None and cfg["sample_interval"]
-                    and at % cfg["sample_interval"] == 0):
+            if sampling:
                 sample = generate_text(model, self.tokenizer, cfg["sample_prompt"], cfg["sample_length"],
                                        temperature=0.8, top_k=40, seed=cfg["seed"] + at)
                 progress.print(f"--- sample at step {at} ---\n{sample}\n---")
@@ -408,6 +528,16 @@ class _TrainingRun:
         if not self.diverged:
             self.check_ranks_agree()
         return train_seconds, time.perf_counter() - start_time
+
+
+def _check_precision(cfg):
+    """Half precision runs on the GPU (backend cupy) or, slowly, on the NumPy reference backend
+    (for tests); the compiled CPU kernels are float32/float64 only."""
+    name = backends.current_name()
+    if cfg["dtype"] in HALF_DTYPES and name not in ("cupy", "numpy"):
+        raise ValueError(f"dtype={cfg['dtype']} computes in half precision, which the {name} backend does not "
+                         "support: set backend=cupy to train on a GPU (or backend=numpy, a slow CPU reference), or "
+                         "use dtype=float32")
 
 
 def _finite_or_none(value):
@@ -492,6 +622,8 @@ def _train(model, tokens, cfg, val_tokens, tokenizer, resume_from, preset, comm)
     if cfg["backend"] is not None:
         backends.use(cfg["backend"])
     try:
+        _check_precision(cfg)
+        model.to_device(backends.device_module())  # the parameters live where the backend computes
         run = _TrainingRun(model, train, val, cfg, seq_len, tokenizer, folder, comm)
         if resume is not None:
             run.resume(resume, tokenizer)
@@ -515,6 +647,7 @@ def _train(model, tokens, cfg, val_tokens, tokenizer, resume_from, preset, comm)
             progress.close()
     finally:
         backends.use(previous_backend)
+        model.to_device(backends.device_module())  # back where the restored backend computes
 
     trained_tokens = run.tokens_seen - tokens_before
     final_val = run.val_loss if run.val is not None else None

@@ -14,7 +14,8 @@ settings.register_profile("nanollm", max_examples=25, derandomize=True, **_share
 settings.register_profile("thorough", max_examples=300, **_shared)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "nanollm"))
 
-BACKEND_NAMES = [name for name in backends.names() if name != "auto"]
+# The host backends; the GPU backend (cupy) takes device arrays and has its own tests (test_cupy_backend.py).
+BACKEND_NAMES = [name for name in backends.HOST_BACKENDS if name != "auto"]
 
 
 @pytest.fixture(params=BACKEND_NAMES)

@@ -127,10 +127,10 @@ def _crash_at_step(monkeypatch, crash_step):
     """Make the optimizer update of 1-based step ``crash_step`` raise, as a killed process would."""
     original = train_module._TrainingRun.update
 
-    def update(self, grads, lr):
+    def update(self, grads, lr, grad_scale):
         if self.step + 1 == crash_step:
             raise KeyboardInterrupt(f"killed at step {crash_step}")
-        original(self, grads, lr)
+        original(self, grads, lr, grad_scale)
 
     monkeypatch.setattr(train_module._TrainingRun, "update", update)
 
@@ -194,8 +194,8 @@ def test_a_nan_gradient_stops_before_the_update(ids, text_and_tokenizer):
     model = tiny_model(text_and_tokenizer[1].vocab_size)
     original_backward, calls = model.backward, []
 
-    def backward(dlogits=None):
-        grads = original_backward(dlogits)
+    def backward(dlogits=None, dloss=1.0):
+        grads = original_backward(dlogits, dloss)
         calls.append(1)
         if len(calls) == 3:
             grads["blocks.0.mlp.fc.bias"][0] = np.inf

@@ -9,6 +9,7 @@ The ops in ``nanollm.ops`` never compute a softmax or a layernorm themselves; th
     use(name)        -> make it the current backend ("auto": per primitive, the fastest that loads)
     current()        -> the current backend module
     array_module(x)  -> numpy or cupy, whichever owns the array x
+    device_module()  -> numpy or cupy, whichever the current backend computes on
     to_numpy(x)      -> x as a NumPy array (a copy to the host for a CuPy array)
 
 The backend is chosen by ``use(...)`` (``cfg["backend"]`` in training), else by the
@@ -41,6 +42,7 @@ PRIMITIVES = (
     "cross_entropy_backward",
     "embedding_backward",
     "adamw_step",
+    "adamw_step_scaled",
     "sum_of_squares",
 )
 
@@ -51,7 +53,13 @@ _REGISTRY = {
     "cython": ("nanollm.backends.cython_cpu",
                ("its kernels are compiled from kernels/*.pyx when nanollm is installed: reinstall with "
                 "`pip install .` (needs a C compiler; in a source checkout `python setup.py build_ext --inplace`)")),
+    "cupy": ("nanollm.backends.cupy_gpu",
+             ("it trains on an NVIDIA GPU: install CuPy with `pip install \".[gpu]\"` (CUDA 12 or 13 driver; "
+              "`.[gpu-cuda13]` for a CUDA 13 toolkit) on a machine with a GPU, or choose backend numba, cython, "
+              "numpy or auto")),
 }
+# Backends whose arrays live on the host; the others (cupy) keep parameters and activations on a device.
+HOST_BACKENDS = ("numpy", "numba", "cython", "auto")
 DEFAULT_BACKEND = "auto"
 
 _loaded = {}
@@ -131,6 +139,25 @@ def array_module(x):
 
         return cupy
     return np
+
+
+def device_module(name=None):
+    """The array module the backend ``name`` (default: the current one) computes on: numpy for
+    the host backends, cupy for the GPU backend."""
+    if (name or current_name()) in HOST_BACKENDS:
+        return np
+    import cupy
+
+    return cupy
+
+
+def random_generator(seed):
+    """A seeded random source on the current backend's device, for dropout masks: a NumPy
+    Generator on the host, the cupy backend's counter-based CounterGenerator on a GPU (its
+    state, like a Generator's, is a plain dict that a checkpoint keeps)."""
+    if device_module() is np:
+        return np.random.default_rng(seed)
+    return current().CounterGenerator(seed)
 
 
 def to_numpy(x):

@@ -33,6 +33,7 @@ CHOICES = {
     "cross_entropy_backward": (("numba", "numpy", "cython"), "0.045 / 0.20 / 0.061: softmax minus one-hot, one pass"),
     "embedding_backward": (("numba", "numpy"), "0.012 / - / 0.86: a plain loop vs np.add.at's unbuffered scatter"),
     "adamw_step": (("numba", "numpy"), "0.064 / - / 0.12: one pass over param, grad, m, v"),
+    "adamw_step_scaled": (("numba", "numpy"), "adamw_step's kernel behind a host check of the two scalars"),
     "sum_of_squares": (("numba", "numpy"), "0.005 / - / 0.040: no float64 copy of each gradient"),
 }
 

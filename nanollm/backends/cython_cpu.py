@@ -267,4 +267,5 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
 # matmuls, which do B*T times that work (numba_cpu has fused versions for the last few percent).
 embedding_backward = numpy_ref.embedding_backward  # scatter-add with np.add.at
 adamw_step = numpy_ref.adamw_step
+adamw_step_scaled = numpy_ref.adamw_step_scaled
 sum_of_squares = numpy_ref.sum_of_squares  # np.vdot: BLAS

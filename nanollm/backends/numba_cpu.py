@@ -647,6 +647,16 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
                 f(1.0 - beta1**step), f(1.0 - beta2**step))
 
 
+def adamw_step_scaled(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, applied_steps, grad_scale):
+    """adamw_step on grad * grad_scale at step applied_steps; grad_scale 0 skips (see numpy_ref).
+    On the host the two scalars cost nothing to read, so this is adamw_step behind a check."""
+    scale = param.dtype.type(grad_scale)
+    if scale == 0:
+        return
+    grad = grad if scale == 1 else grad.astype(param.dtype) * scale
+    adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, int(applied_steps))
+
+
 @_kernel
 def _sum_of_squares(x):  # x: (n,)
     total = 0.0
@@ -657,4 +667,4 @@ def _sum_of_squares(x):  # x: (n,)
 
 def sum_of_squares(x):
     """sum(x^2) in float64, one pass, no temporary (see numpy_ref)."""
-    return float(_sum_of_squares(np.ascontiguousarray(x).reshape(-1)))
+    return np.float64(_sum_of_squares(np.ascontiguousarray(x).reshape(-1)))

@@ -3,23 +3,29 @@
 Every other backend is tested against these functions, so they favour clarity over speed.
 They keep the input dtype (float32 stays float32, float64 stays float64) and never modify
 their inputs. Shapes: ``...`` is any number of leading axes, N rows, V classes, C channels.
+
+Every function reaches its array library through ``xp = array_module(x)``, so the same code
+runs on NumPy arrays and on CuPy arrays on a GPU: the cupy backend falls back on these where a
+fused kernel would not pay, and they are the CPU definition of what its kernels compute.
 """
 
 import numpy as np
+
+from nanollm.backends import array_module
 
 GELU_SCALE = np.sqrt(2.0 / np.pi)  # the tanh approximation of GELU used by GPT-2
 GELU_CUBIC = 0.044715
 
 
 def matmul(a, b):
-    """a (..., M, K) @ b (..., K, N) -> (..., M, N), broadcasting leading axes (BLAS)."""
-    return np.matmul(a, b)
+    """a (..., M, K) @ b (..., K, N) -> (..., M, N), broadcasting leading axes (BLAS; cuBLAS on a GPU)."""
+    return array_module(a).matmul(a, b)
 
 
 def softmax_forward(x):
     """Softmax over the last axis, shifted by the row max so exp never overflows."""
     shifted = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
+    e = array_module(x).exp(shifted)
     return e / e.sum(axis=-1, keepdims=True)
 
 
@@ -28,19 +34,20 @@ def softmax_backward(dprobs, probs):
     return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
 
 
-def _causal_mask(num_queries, num_keys):
+def _causal_mask(xp, num_queries, num_keys):
     """(Tq, Tk) bool, True where query i may NOT see key j (j is in its future).
 
     Queries are the last Tq positions of the Tk keys, so with a KV cache (Tq < Tk) query i
     sits at absolute position Tk - Tq + i.
     """
-    return np.triu(np.ones((num_queries, num_keys), dtype=bool), k=1 + num_keys - num_queries)
+    return xp.triu(xp.ones((num_queries, num_keys), dtype=bool), k=1 + num_keys - num_queries)
 
 
 def causal_softmax_forward(scores, scale):
     """Attention probabilities from raw scores (..., Tq, Tk): softmax(scale * scores) over
     the keys each query may see; future keys get probability exactly 0."""
-    masked = np.where(_causal_mask(*scores.shape[-2:]), -np.inf, scores * scores.dtype.type(scale))
+    xp = array_module(scores)
+    masked = xp.where(_causal_mask(xp, *scores.shape[-2:]), -np.inf, scores * scores.dtype.type(scale))
     return softmax_forward(masked)
 
 
@@ -55,7 +62,7 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     mean = x.mean(axis=-1)
     centered = x - mean[..., None]
     var = (centered * centered).mean(axis=-1)
-    rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
+    rstd = 1.0 / array_module(x).sqrt(var + x.dtype.type(eps))
     out = centered * rstd[..., None] * weight + bias
     return out, mean, rstd
 
@@ -78,7 +85,7 @@ def layernorm_backward(dout, x, weight, mean, rstd):
 def rmsnorm_forward(x, weight, eps=1e-5):
     """x (..., C) -> out (..., C), rstd (...): RMSNorm (Llama), out = x / rms(x) * weight with
     rms(x) = sqrt(mean(x^2) + eps). No mean is subtracted and there is no bias."""
-    rstd = 1.0 / np.sqrt((x * x).mean(axis=-1) + x.dtype.type(eps))
+    rstd = 1.0 / array_module(x).sqrt((x * x).mean(axis=-1) + x.dtype.type(eps))
     return x * rstd[..., None] * weight, rstd
 
 
@@ -101,21 +108,22 @@ def rope_forward(x, cos, sin):
         out1 = x1 cos - x2 sin ;  out2 = x2 cos + x1 sin."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return array_module(x).concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
 def rope_backward(dout, cos, sin):
     """dx (..., T, hd): a rotation's transpose is the rotation by minus the angle."""
     half = dout.shape[-1] // 2
     d1, d2 = dout[..., :half], dout[..., half:]
-    return np.concatenate([d1 * cos + d2 * sin, d2 * cos - d1 * sin], axis=-1)
+    return array_module(dout).concatenate([d1 * cos + d2 * sin, d2 * cos - d1 * sin], axis=-1)
 
 
 def _sigmoid(x):
     """1 / (1 + exp(-x)) from e = exp(-|x|) <= 1: 1 / (1 + e) for x >= 0, e / (1 + e) below.
     Nothing overflows, and the far negative tail keeps its relative precision."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1, e) / (1 + e)
+    xp = array_module(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1, e) / (1 + e)
 
 
 def swiglu_forward(gate, up):
@@ -133,13 +141,13 @@ def swiglu_backward(dout, gate, up):
 def gelu_forward(x):
     """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     inner = x.dtype.type(GELU_SCALE) * (x + x.dtype.type(GELU_CUBIC) * x * x * x)
-    return x.dtype.type(0.5) * x * (1 + np.tanh(inner))
+    return x.dtype.type(0.5) * x * (1 + array_module(x).tanh(inner))
 
 
 def gelu_backward(dout, x):
     """dx = dout * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)), t = tanh(inner)."""
     f = x.dtype.type
-    t = np.tanh(f(GELU_SCALE) * (x + f(GELU_CUBIC) * x * x * x))
+    t = array_module(x).tanh(f(GELU_SCALE) * (x + f(GELU_CUBIC) * x * x * x))
     dinner = f(GELU_SCALE) * (1 + f(3 * GELU_CUBIC) * x * x)
     return dout * (f(0.5) * (1 + t) + f(0.5) * x * (1 - t * t) * dinner)
 
@@ -151,12 +159,13 @@ def cross_entropy_forward(logits, targets, ignore_index):
     losses[i] = logsumexp(logits[i]) - logits[i, targets[i]], and 0 where targets[i] == ignore_index.
     The logsumexp is kept so the backward can rebuild the softmax without storing it.
     """
+    xp = array_module(logits)
     valid = targets != ignore_index
-    safe_targets = np.where(valid, targets, 0)
+    safe_targets = xp.where(valid, targets, 0)
     row_max = logits.max(axis=-1)
-    lse = row_max + np.log(np.exp(logits - row_max[:, None]).sum(axis=-1))
-    picked = logits[np.arange(logits.shape[0]), safe_targets]
-    losses = np.where(valid, lse - picked, 0).astype(logits.dtype, copy=False)
+    lse = row_max + xp.log(xp.exp(logits - row_max[:, None]).sum(axis=-1))
+    picked = logits[xp.arange(logits.shape[0]), safe_targets]
+    losses = xp.where(valid, lse - picked, 0).astype(logits.dtype, copy=False)
     return losses, lse
 
 
@@ -165,11 +174,12 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
 
     Rows whose target is ignore_index get a zero gradient whatever dlosses says.
     """
+    xp = array_module(logits)
     valid = targets != ignore_index
-    safe_targets = np.where(valid, targets, 0)
-    dlogits = np.exp(logits - lse[:, None])
-    dlogits[np.arange(logits.shape[0]), safe_targets] -= 1
-    dlogits *= np.where(valid, dlosses, 0).astype(logits.dtype, copy=False)[:, None]
+    safe_targets = xp.where(valid, targets, 0)
+    dlogits = xp.exp(logits - lse[:, None])
+    dlogits[xp.arange(logits.shape[0]), safe_targets] -= 1
+    dlogits *= xp.where(valid, dlosses, 0).astype(logits.dtype, copy=False)[:, None]
     return dlogits
 
 
@@ -177,8 +187,9 @@ def embedding_backward(dout, ids, num_embeddings):
     """Scatter-add rows of dout (N, C) into a (num_embeddings, C) table at rows ids (N,).
 
     A token that occurs several times accumulates every occurrence's gradient."""
-    dtable = np.zeros((num_embeddings, dout.shape[-1]), dtype=dout.dtype)
-    np.add.at(dtable, ids, dout)
+    xp = array_module(dout)
+    dtable = xp.zeros((num_embeddings, dout.shape[-1]), dtype=dout.dtype)
+    xp.add.at(dtable, ids, dout)
     return dtable
 
 
@@ -198,11 +209,29 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     v += (1.0 - beta2) * grad * grad
     m_hat = m / (1.0 - beta1**step)
     v_hat = v / (1.0 - beta2**step)
-    param -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    param -= lr * m_hat / (array_module(param).sqrt(v_hat) + eps)
+
+
+def adamw_step_scaled(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, applied_steps, grad_scale):
+    """adamw_step on grad * grad_scale, with the bias-correction step read from applied_steps.
+
+    applied_steps (0-d int) and grad_scale (0-d, param's dtype) are arrays on param's device, so a
+    GPU training loop never waits for the host: the clip factor (and a float16 run's loss
+    scale) folds into grad_scale, and a step whose gradient is not finite sets grad_scale to
+    0, which leaves param, m and v untouched (a skipped step; the caller does not count it in
+    applied_steps). grad may be in a lower precision than param (mixed precision: float32
+    master weights); it is used in param's dtype."""
+    scale = param.dtype.type(grad_scale)
+    if scale == 0:
+        return
+    grad = grad if scale == 1 else grad.astype(param.dtype) * scale
+    adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, int(applied_steps))
 
 
 def sum_of_squares(x):
-    """sum(x^2) over every element, accumulated in float64, as a Python float (for the global
-    gradient norm: the sum over all parameters of this, then a square root)."""
-    x64 = x.astype(np.float64, copy=False)
-    return float(np.vdot(x64.ravel(), x64.ravel()))
+    """sum(x^2) over every element, accumulated in float64, as a float64 scalar on x's device
+    (a NumPy float64 on the host, a 0-d CuPy array on a GPU: no host round trip). The global
+    gradient norm is the square root of the sum of these over all parameters."""
+    xp = array_module(x)
+    x64 = x.astype(xp.float64, copy=False).ravel()
+    return xp.float64(xp.vdot(x64, x64)) if xp is np else xp.vdot(x64, x64)

@@ -6,6 +6,8 @@ fused: dlogits = (softmax(logits) - onehot(target)) / num_counted, never materia
 softmax Jacobian.
 """
 
+import numpy as np
+
 from nanollm import backends
 
 IGNORE_INDEX = -100  # as PyTorch's F.cross_entropy
@@ -17,9 +19,15 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX):
     With no counted target at all the loss is 0 and so is the gradient."""
     vocab = logits.shape[-1]
     logits2d, targets1d = logits.reshape(-1, vocab), targets.reshape(-1)  # (N, V), (N,)
+    xp = backends.array_module(logits2d)
     losses, lse = backends.current().cross_entropy_forward(logits2d, targets1d, ignore_index)
-    num_counted = int((targets1d != ignore_index).sum())
-    loss = losses.sum() / max(num_counted, 1)
+    total = losses.sum(dtype=np.promote_types(losses.dtype, np.float32))  # float16 sums would overflow
+    num_counted = (targets1d != ignore_index).sum()
+    if xp is np:
+        num_counted = max(int(num_counted), 1)
+    else:  # on a GPU the count stays there: reading it would make the host wait every step
+        num_counted = xp.maximum(num_counted, 1).astype(total.dtype)
+    loss = total / num_counted
     cache = (logits2d, targets1d, lse, ignore_index, num_counted, logits.shape)
     return loss, cache
 
@@ -28,6 +36,7 @@ def cross_entropy_backward(dloss, cache):
     """dloss (scalar, 1.0 for the loss itself) -> dlogits (..., V)."""
     logits2d, targets1d, lse, ignore_index, num_counted, logits_shape = cache
     xp = backends.array_module(logits2d)
-    dlosses = xp.full(targets1d.shape, dloss / max(num_counted, 1), dtype=logits2d.dtype)  # (N,)
+    dlosses = xp.empty(targets1d.shape, dtype=logits2d.dtype)  # (N,)
+    dlosses[...] = dloss / num_counted  # dloss and the count may be 0-d arrays on a GPU
     dlogits = backends.current().cross_entropy_backward(dlosses, logits2d, targets1d, lse, ignore_index)
     return dlogits.reshape(logits_shape)
