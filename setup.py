@@ -39,13 +39,17 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["nanollm", "nanollm.*"]),
+    package_data={"nanollm.backends": ["cuda/*.cu"]},  # the cupy backend's kernels, compiled at run time (NVRTC)
     ext_modules=cython_extensions(),
     install_requires=["numpy>=1.26", "numba>=0.59", "cython>=3.0", "matplotlib>=3.7", "tqdm>=4.60"],
     extras_require={
         # nbclient + ipykernel: tests/test_notebooks.py executes the notebooks in this environment
         "test": ["pytest>=7", "hypothesis>=6", "safetensors>=0.4", "nbclient>=0.7", "nbformat>=5.7", "ipykernel>=6"],
         "hf": ["safetensors>=0.4"],  # nanollm export / import (Hugging Face GPT-2)
-        "gpu": ["cupy-cuda12x"],
+        # backend="cupy" on an NVIDIA GPU: CuPy's CUDA 12 wheel (runs under CUDA 12 and 13 drivers) with
+        # the CUDA libraries it loads (its [ctk] extra), and ml_dtypes for bfloat16; gpu-cuda13 for a CUDA 13 toolkit
+        "gpu": ["cupy-cuda12x[ctk]>=14", "ml_dtypes>=0.5"],
+        "gpu-cuda13": ["cupy-cuda13x[ctk]>=14", "ml_dtypes>=0.5"],
         # data-parallel training under mpiexec (nanollm.distributed): mpi4py and MPICH's wheel,
         # which brings its own mpiexec into the environment's bin/
         "mpi": ["mpi4py>=4.0", "mpich>=4.1"],

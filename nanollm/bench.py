@@ -285,7 +285,8 @@ def check_arguments(args, parser):
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.backends is None:
-        args.backends = [name for name, reason in backends.available().items() if reason is None] + ["auto"]
+        args.backends = [name for name, reason in backends.available().items()  # the CPU's: the GPU has gpu_bench
+                         if reason is None and name in backends.HOST_BACKENDS] + ["auto"]
     else:
         args.backends = args.backends.split(",")
         for name in args.backends:

@@ -29,6 +29,7 @@ with the same parameters, bit for bit, as one that never stopped.
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -239,20 +240,23 @@ class _TrainingRun:
         if self.half is not None:
             self.model.params = half_copy(master, self.half)  # once per step, shared by its micro-batches
         dloss = 1.0 if self.scaler is None else self.scaler.scale  # float16: the scaled loss's gradient
+        # float16 overflows are expected and handled by the scaler: no NumPy warnings for them
+        quiet_overflow = np.errstate(over="ignore", invalid="ignore") if self.scaler is not None else nullcontext()
         try:
-            for (inputs, targets), count in zip(batches, counted):  # (b, T) each, host ids
-                _, batch_loss = self.model.forward(inputs, targets)
-                batch_grads = self.model.backward(dloss=dloss)
-                weight = count / total if total else len(inputs) / len(starts)
-                loss = loss + weight * batch_loss.astype(np.float64)  # no host read: a GPU keeps going
-                if grads is None:
-                    grads = batch_grads if weight == 1.0 else {k: g * weight for k, g in batch_grads.items()}
-                else:
-                    for name, g in batch_grads.items():
-                        grads[name] += weight * g
-                del batch_grads  # freed before the next micro-batch's backward allocates its own
+            with quiet_overflow:
+                for (inputs, targets), count in zip(batches, counted):  # (b, T) each, host ids
+                    _, batch_loss = self.model.forward(inputs, targets)
+                    batch_grads = self.model.backward(dloss=dloss)
+                    weight = count / total if total else len(inputs) / len(starts)
+                    loss = loss + weight * batch_loss.astype(np.float64)  # no host read: a GPU keeps going
+                    if grads is None:
+                        grads = batch_grads if weight == 1.0 else {k: g * weight for k, g in batch_grads.items()}
+                    else:
+                        for name, g in batch_grads.items():
+                            grads[name] += weight * g
+                    del batch_grads  # freed before the next micro-batch's backward allocates its own
         finally:
-            self.model.params = master
+            self.model.params = master  # the float32 master weights, whatever happened
         return loss, grads, len(starts)
 
     def forward_backward_ranks(self, batches, counted):
@@ -414,8 +418,8 @@ class _TrainingRun:
                        if self.rules[name].optimizer is OPTIMIZERS["adamw"]]
         self.applied_steps = self.xp.asarray(max(adamw_steps, default=0), dtype=self.xp.int64)
         if self.scaler is not None:
-            self.scaler = LossScaler(self.xp, extra.get("loss_scale", self.scaler.scale),
-                                     extra.get("loss_scale_good_steps", 0))
+            self.scaler = LossScaler(self.xp, scale=extra.get("loss_scale", self.scaler.scale),
+                                     good_steps=extra.get("loss_scale_good_steps", 0))
             self.skipped_steps = self.xp.asarray(extra.get("skipped_steps", 0), dtype=self.xp.int64)
 
     # ---------------------------------------------------------------- evaluation

@@ -110,7 +110,7 @@ def test_targets_out_of_range_are_an_index_error_not_a_wild_read():
 def test_causal_softmax_never_reads_the_masked_half(dtype):
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(2, 3, 4, 6)).astype(dtype)  # Tq=4 queries, the last 4 of Tk=6 keys
-    future = numpy_ref._causal_mask(4, 6)
+    future = numpy_ref._causal_mask(np, 4, 6)
     poisoned = np.where(future, np.nan, scores)
     probs = cython_cpu.causal_softmax_forward(poisoned, 0.3)
     np.testing.assert_allclose(probs, numpy_ref.causal_softmax_forward(scores, 0.3), rtol=2e-5, atol=2e-6)

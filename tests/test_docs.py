@@ -42,6 +42,7 @@ COVERED_ELSEWHERE = {
     "python experiments/run_scaling_experiments.py": "tests/test_experiments.py",
     "mpiexec": "tests/test_mpi.py",  # needs the [mpi] extra: run verbatim there when it is installed
     "python -m nanollm.parallel_bench": "tests/test_mpi.py",
+    "python -m nanollm.gpu_bench": "tests/test_gpu_bench.py",  # a GPU's; there, its CPU smoke form
 }
 NANOLLM_COMMAND = re.compile(r"^(?:nanollm|python -m nanollm)(?:\s|$)")
 INPUT_CHARACTERS = 60_000   # the input.txt the docs' commands train on
