@@ -11,6 +11,8 @@ Use float64: float32 central differences are too noisy to tell a bug from roundi
 
 import numpy as np
 
+from nanollm import backends
+
 
 def numerical_gradient(f, x, h=1e-4):
     """d f() / d x, element by element, by the fourth-order central difference
@@ -20,9 +22,9 @@ def numerical_gradient(f, x, h=1e-4):
     whose truncation error is O(h^4), so h can be large enough (1e-4) that rounding in f
     (about 1e-16 |f| / h) stays far below the 1e-6 bar even for tiny gradients.
     f takes no arguments and reads x, which is modified in place and restored exactly."""
-    grad = np.zeros_like(x, dtype=np.float64)
+    grad = np.zeros(x.shape, dtype=np.float64)  # on the host, whatever device x is on
     flat_x, flat_grad = x.reshape(-1), grad.reshape(-1)
-    if not np.shares_memory(flat_x, x):
+    if not backends.array_module(x).shares_memory(flat_x, x):
         raise ValueError("numerical_gradient needs a contiguous array it can perturb in place")
 
     def f_at(i, value):
@@ -44,7 +46,7 @@ def relative_error(a, b):
     Taking the maxima over the whole tensor, rather than element by element, keeps tiny
     gradient entries (whose finite-difference noise is large relative to themselves) from
     dominating, while a wrong entry of any size still shows up."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = (backends.to_numpy(v).astype(np.float64) for v in (a, b))  # GPU arrays come to the host
     if a.shape != b.shape:
         raise ValueError(f"relative_error: shapes differ, {a.shape} vs {b.shape}")
     if a.size == 0:

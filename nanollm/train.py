@@ -399,7 +399,8 @@ class _TrainingRun:
             if streams[name].get("bit_generator") != generator.bit_generator.state.get("bit_generator"):
                 self.notes.append(f"{path} holds a {streams[name].get('bit_generator')} {name} stream and this "
                                   f"device draws from {generator.bit_generator.state.get('bit_generator')}: "
-                                  f"{name} start fresh (written on a GPU and resumed on the CPU, or the other way)")
+                                  f"the {name} stream starts fresh (written on a GPU and resumed on the CPU, or the "
+                                  "other way)")
                 continue
             generator.bit_generator.state = streams[name]
         saved, ranks = len(saved_ranks), self.comm.size

@@ -111,3 +111,32 @@ def test_a_deferred_divergence_stops_with_the_last_good_weights(ids_and_vocab, g
     reference, reference_results = _train(ids, vocab, CFG, _poison_third_step)
     assert reference_results["steps"] == 2 and "nor in" not in reference_results["stopped_because"]
     _assert_same(model, reference, results, reference_results)
+
+
+class _OtherDeviceStream:
+    """A dropout source whose state names another generator kind, as a GPU's CounterGenerator does."""
+
+    def __init__(self, seed):
+        self.generator = np.random.default_rng(seed)
+        self.bit_generator = self
+
+    def random(self, shape, dtype):
+        return self.generator.random(shape, dtype=dtype)
+
+    @property
+    def state(self):
+        return {"bit_generator": "nanollm.CounterGenerator", "seed": 1, "counter": 0}
+
+
+def test_a_checkpoint_from_another_device_resumes_with_a_fresh_dropout_stream(ids_and_vocab, tmp_path, monkeypatch,
+                                                                             capsys):
+    ids, vocab = ids_and_vocab
+    cfg = {**CFG, "num_steps": 4, "checkpoint_interval": 2, "dropout": 0.1, "checkpoint_dir": str(tmp_path)}
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module.backends, "random_generator", _OtherDeviceStream)
+        train_with_config(tiny_model(vocab), ids, cfg)
+    resumed = train_with_config(tiny_model(vocab), ids, {**cfg, "num_steps": 6,
+                                                         "resume_from": str(tmp_path / "checkpoint_step_2.npz")})
+    assert resumed["steps"] == 6 and not resumed["diverged"]
+    assert ("holds a nanollm.CounterGenerator dropout stream and this device draws from PCG64: the dropout "
+            "stream starts fresh") in capsys.readouterr().out
