@@ -54,9 +54,8 @@ _REGISTRY = {
                ("its kernels are compiled from kernels/*.pyx when nanollm is installed: reinstall with "
                 "`pip install .` (needs a C compiler; in a source checkout `python setup.py build_ext --inplace`)")),
     "cupy": ("nanollm.backends.cupy_gpu",
-             ("it trains on an NVIDIA GPU: install CuPy with `pip install \".[gpu]\"` (CUDA 12 or 13 driver; "
-              "`.[gpu-cuda13]` for a CUDA 13 toolkit) on a machine with a GPU, or choose backend numba, cython, "
-              "numpy or auto")),
+             ("the GPU backend needs CuPy and an NVIDIA GPU (`.[gpu-cuda13]` installs CuPy for a CUDA 13 toolkit); "
+              "to train on the CPU, choose backend auto, numba, cython or numpy")),
 }
 # Backends whose arrays live on the host; the others (cupy) keep parameters and activations on a device.
 HOST_BACKENDS = ("numpy", "numba", "cython", "auto")
