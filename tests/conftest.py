@@ -2,10 +2,11 @@
 
 import os
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from nanollm import backends
+from nanollm import CharTokenizer, backends
 
 # The backend fixture only selects the current backend, so sharing it across the examples of
 # one @given test is exactly what we want: the function-scoped-fixture health check is moot.
@@ -28,3 +29,12 @@ def backend(request):
     module = backends.use(request.param)
     yield module
     backends.use(previous)
+
+
+@pytest.fixture(scope="module")
+def ids_and_vocab():
+    """The first 20,000 characters of the sample corpus as ids, and its character vocabulary's size."""
+    with open("data/raw/sample.txt", encoding="utf-8") as f:
+        text = f.read()[:20_000]
+    tokenizer = CharTokenizer().build_vocab(text)
+    return np.array(tokenizer.encode(text), dtype=np.int64), tokenizer.vocab_size

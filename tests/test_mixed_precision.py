@@ -8,19 +8,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from nanollm import CharTokenizer, TransformerLanguageModel, train_with_config
+from nanollm import TransformerLanguageModel, train_with_config
 from nanollm import train as train_module
 from nanollm.precision import LossScaler, compute_dtype
 
-SAMPLE = "data/raw/sample.txt"
-
-
-@pytest.fixture(scope="module")
-def ids_and_vocab():
-    with open(SAMPLE, encoding="utf-8") as f:
-        text = f.read()[:20_000]
-    tokenizer = CharTokenizer().build_vocab(text)
-    return np.array(tokenizer.encode(text), dtype=np.int64), tokenizer.vocab_size
 
 
 def tiny_model(vocab_size):
