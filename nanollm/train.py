@@ -196,9 +196,8 @@ class _TrainingRun:
         self.scaler = LossScaler(xp) if cfg["dtype"] == "float16" else None
         # The step's guard lives on the device (see guard()): the host reads it every step only
         # where that costs nothing (host arrays) or where an update rule cannot skip by itself.
-        self.on_device = xp is not np
-        self.device_skips = all(rule.optimizer is OPTIMIZERS["adamw"] for rule in self.rules.values())
-        self.read_every_step = not (self.on_device and self.device_skips)
+        device_skips = all(rule.optimizer is OPTIMIZERS["adamw"] for rule in self.rules.values())
+        self.read_every_step = xp is np or not device_skips
         self.applied_steps = xp.asarray(0, dtype=xp.int64)  # updates applied (AdamW's bias-correction step)
         self.skipped_steps = xp.asarray(0, dtype=xp.int64)  # float16 overflows skipped
         self.diverged_at = xp.asarray(-1, dtype=xp.int64)   # 0-based step of the first non-finite loss or norm
