@@ -273,7 +273,8 @@ def rule_for(name, param, cfg):
 
 
 def global_grad_norm(grads):
-    """The L2 norm of all gradients taken together, as one float."""
+    """The L2 norm of all gradients taken together, a float64 where the gradients live (a NumPy
+    float64 on the host, a 0-d CuPy array on a GPU: reading it is the caller's choice)."""
     sum_of_squares = backends.current().sum_of_squares
     return sum(sum_of_squares(g) for g in grads.values()) ** 0.5
 

@@ -18,6 +18,8 @@ The scale and its counter are arrays on the parameters' device: nothing here mak
 for the host.
 """
 
+from contextlib import contextmanager
+
 import numpy as np
 
 HALF_DTYPES = ("float16", "bfloat16")
@@ -44,9 +46,20 @@ def compute_dtype(name):
     raise ValueError(f"dtype={name!r} is not a half-precision dtype: choose one of {', '.join(HALF_DTYPES)}")
 
 
-def half_copy(params, dtype):
-    """{name: param cast to the compute dtype}: the weights a mixed-precision step computes with."""
-    return {name: p.astype(dtype) for name, p in params.items()}
+@contextmanager
+def computing_in(model, dtype):
+    """Inside the block the model computes with a copy of its weights cast to ``dtype`` (None:
+    with the weights themselves); its master weights are back in model.params after it,
+    whatever happened inside."""
+    if dtype is None:
+        yield
+        return
+    master = model.params
+    model.params = {name: p.astype(dtype) for name, p in master.items()}
+    try:
+        yield
+    finally:
+        model.params = master
 
 
 class LossScaler:

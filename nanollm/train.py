@@ -42,8 +42,8 @@ from nanollm.generate import generate_text
 from nanollm.lora import lora_setting
 from nanollm.metrics import METRICS_FILE, MetricsLog, Progress, log_line
 from nanollm.ops.cross_entropy import IGNORE_INDEX
-from nanollm.optim import OPTIMIZERS, clip_coefficient, decays, rule_for
-from nanollm.precision import HALF_DTYPES, LossScaler, compute_dtype, half_copy
+from nanollm.optim import OPTIMIZERS, clip_coefficient, decays, global_grad_norm, rule_for
+from nanollm.precision import HALF_DTYPES, LossScaler, compute_dtype, computing_in
 from nanollm.schedule import lr_at
 
 ADAPTERS_FILE = "adapters_final.npz"  # a LoRA run's adapters alone, beside its final checkpoint
@@ -235,27 +235,22 @@ class _TrainingRun:
             return self.forward_backward_ranks(batches, counted)
         total = sum(counted)
         loss, grads = 0.0, None  # loss: a float64 scalar on the parameters' device
-        master = self.model.params
-        if self.half is not None:
-            self.model.params = half_copy(master, self.half)  # once per step, shared by its micro-batches
         dloss = 1.0 if self.scaler is None else self.scaler.scale  # float16: the scaled loss's gradient
         # float16 overflows are expected and handled by the scaler: no NumPy warnings for them
         quiet_overflow = np.errstate(over="ignore", invalid="ignore") if self.scaler is not None else nullcontext()
-        try:
-            with quiet_overflow:
-                for (inputs, targets), count in zip(batches, counted):  # (b, T) each, host ids
-                    _, batch_loss = self.model.forward(inputs, targets)
-                    batch_grads = self.model.backward(dloss=dloss)
-                    weight = count / total if total else len(inputs) / len(starts)
-                    loss = loss + weight * batch_loss.astype(np.float64)  # no host read: a GPU keeps going
-                    if grads is None:
-                        grads = batch_grads if weight == 1.0 else {k: g * weight for k, g in batch_grads.items()}
-                    else:
-                        for name, g in batch_grads.items():
-                            grads[name] += weight * g
-                    del batch_grads  # freed before the next micro-batch's backward allocates its own
-        finally:
-            self.model.params = master  # the float32 master weights, whatever happened
+        # mixed precision: the half-precision weights are cast once per step, shared by its micro-batches
+        with computing_in(self.model, self.half), quiet_overflow:
+            for (inputs, targets), count in zip(batches, counted):  # (b, T) each, host ids
+                _, batch_loss = self.model.forward(inputs, targets)
+                batch_grads = self.model.backward(dloss=dloss)
+                weight = count / total if total else len(inputs) / len(starts)
+                loss = loss + weight * batch_loss.astype(np.float64)  # no host read: a GPU keeps going
+                if grads is None:
+                    grads = batch_grads if weight == 1.0 else {k: g * weight for k, g in batch_grads.items()}
+                else:
+                    for name, g in batch_grads.items():
+                        grads[name] += weight * g
+                del batch_grads  # freed before the next micro-batch's backward allocates its own
         return loss, grads, len(starts)
 
     def forward_backward_ranks(self, batches, counted):
@@ -283,8 +278,8 @@ class _TrainingRun:
         non-finite loss or gradient norm (divergence: diverged_at records the first such step
         and every later step is skipped too, so the weights stay the last good ones until the
         host reads the guard and stops), or a float16 overflow (skipped, and S halves)."""
-        xp, prims = self.xp, backends.current()
-        norm = sum(prims.sum_of_squares(g) for g in grads.values()) ** 0.5  # float64
+        xp = self.xp
+        norm = global_grad_norm(grads)  # float64, on the device
         finite_loss, finite_norm = xp.isfinite(loss), xp.isfinite(norm)
         overflow = finite_loss & ~finite_norm if self.scaler is not None else xp.asarray(False)
         if self.scaler is not None:

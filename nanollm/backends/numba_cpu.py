@@ -647,14 +647,7 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
                 f(1.0 - beta1**step), f(1.0 - beta2**step))
 
 
-def adamw_step_scaled(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, applied_steps, grad_scale):
-    """adamw_step on grad * grad_scale at step applied_steps; grad_scale 0 skips (see numpy_ref).
-    On the host the two scalars cost nothing to read, so this is adamw_step behind a check."""
-    scale = param.dtype.type(grad_scale)
-    if scale == 0:
-        return
-    grad = grad if scale == 1 else grad.astype(param.dtype) * scale
-    adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, int(applied_steps))
+adamw_step_scaled = numpy_ref.host_adamw_step_scaled(adamw_step)  # this adamw_step behind a host check
 
 
 @_kernel

@@ -212,20 +212,30 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     param -= lr * m_hat / (array_module(param).sqrt(v_hat) + eps)
 
 
-def adamw_step_scaled(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, applied_steps, grad_scale):
-    """adamw_step on grad * grad_scale, with the bias-correction step read from applied_steps.
+def host_adamw_step_scaled(adamw_step):
+    """adamw_step_scaled built on a host backend's own ``adamw_step``: on the host the two
+    scalars cost nothing to read, so it is that adamw_step behind a check (numba_cpu uses this
+    too; the cupy backend has a kernel that reads them on the device)."""
 
-    applied_steps (0-d int) and grad_scale (0-d, param's dtype) are arrays on param's device, so a
-    GPU training loop never waits for the host: the clip factor (and a float16 run's loss
-    scale) folds into grad_scale, and a step whose gradient is not finite sets grad_scale to
-    0, which leaves param, m and v untouched (a skipped step; the caller does not count it in
-    applied_steps). grad may be in a lower precision than param (mixed precision: float32
-    master weights); it is used in param's dtype."""
-    scale = param.dtype.type(grad_scale)
-    if scale == 0:
-        return
-    grad = grad if scale == 1 else grad.astype(param.dtype) * scale
-    adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, int(applied_steps))
+    def adamw_step_scaled(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, applied_steps, grad_scale):
+        """adamw_step on grad * grad_scale, with the bias-correction step read from applied_steps.
+
+        applied_steps (0-d int) and grad_scale (0-d, param's dtype) are arrays on param's device,
+        so a GPU training loop never waits for the host: the clip factor (and a float16 run's
+        loss scale) folds into grad_scale, and a step whose gradient is not finite sets
+        grad_scale to 0, which leaves param, m and v untouched (a skipped step; the caller does
+        not count it in applied_steps). grad may be in a lower precision than param (mixed
+        precision: float32 master weights); it is used in param's dtype."""
+        scale = param.dtype.type(grad_scale)
+        if scale == 0:
+            return
+        grad = grad if scale == 1 else grad.astype(param.dtype) * scale
+        adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, int(applied_steps))
+
+    return adamw_step_scaled
+
+
+adamw_step_scaled = host_adamw_step_scaled(adamw_step)
 
 
 def sum_of_squares(x):
