@@ -5,7 +5,7 @@
 
 The text is not shipped with nanollm: pass --text, or run from a checkout with ../shared/data
 beside it. Writes train.bin / val.bin (the last 10% is validation), tokenizer.json, meta.json;
-train on them with nanollm.data.load_prepared(folder).
+train on them with nanollm.prepare.load_prepared(folder).
 """
 
 import argparse
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from nanollm.data import prepare
+from nanollm.prepare import prepare
 
 DATA = Path(__file__).resolve().parent
 DEFAULT_TEXT = DATA.parent / ".." / "shared" / "data" / "tinyshakespeare.txt"

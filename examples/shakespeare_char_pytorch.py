@@ -18,7 +18,7 @@ try:
     import torch
     from torch import nn
 
-    from nanollm.torch_reference import TorchGPT, adamw_for
+    from nanollm.tools.torch_reference import TorchGPT, adamw_for
 except ImportError:
     sys.exit("PyTorch is not installed: pip install torch==2.13.0")
 

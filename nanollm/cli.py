@@ -241,7 +241,7 @@ INFO_VOCAB_SIZE = 256  # what `info` assumes for a config without vocab_size (a 
 
 
 def cmd_prepare(args):
-    from nanollm.data import prepare
+    from nanollm.prepare import prepare
 
     tokenizer = args.tokenizer
     meta = prepare(args.input, args.out_dir, tokenizer=tokenizer, vocab_size=args.vocab_size,
@@ -300,8 +300,8 @@ def cmd_experiments(args):
 
 
 def cmd_bench(args):
-    from nanollm.bench import check_arguments
-    from nanollm.bench import main as bench_main
+    from nanollm.tools.bench import check_arguments
+    from nanollm.tools.bench import main as bench_main
 
     bench_main(args.argv, args=check_arguments(args, args.parser))
     return 0
@@ -311,7 +311,7 @@ def cmd_bench(args):
 
 
 def build_parser():
-    from nanollm.bench import add_arguments as add_bench_arguments
+    from nanollm.tools.bench import add_arguments as add_bench_arguments
     from nanollm.config import PRESETS
 
     examples = __doc__.split("\n\n")[1]

@@ -24,7 +24,7 @@ from nanollm import distributed
 from nanollm.checkpoint import find_checkpoint, read_checkpoint_metadata
 from nanollm.config import DEFAULTS, resolve
 from nanollm.corpus import synthetic_text
-from nanollm.data import load_prepared, prepare
+from nanollm.prepare import load_prepared, prepare
 from nanollm.generate import generate_text
 from nanollm.lora import adapter_parameter_count, lora_setting
 from nanollm.model import TransformerLanguageModel, complete_model_config

@@ -95,7 +95,7 @@ def read_token_file(path, expect_mask=False):
     path = Path(path)
     what = "loss-mask file" if expect_mask else "token file"
     if not path.is_file():
-        raise ValueError(f"{what} {str(path)!r} does not exist; write it with nanollm.data.prepare(...)")
+        raise ValueError(f"{what} {str(path)!r} does not exist; write it with nanollm.prepare.prepare(...)")
     size = path.stat().st_size
     if size < HEADER_BYTES:
         raise ValueError(f"{what} {str(path)!r} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte "
@@ -105,7 +105,7 @@ def read_token_file(path, expect_mask=False):
     if (magic, version) not in FORMATS:
         known = ", ".join(f"{m} v{v}" for m, v in FORMATS)
         raise ValueError(f"{str(path)!r} is not a token file: header magic {magic} version {version} (known: {known}); "
-                         "write token files with nanollm.data.prepare(...)")
+                         "write token files with nanollm.prepare.prepare(...)")
     is_mask = (magic, version) == MASK_FORMAT
     if is_mask != expect_mask:
         raise ValueError(f"{str(path)!r} is a {'loss-mask' if is_mask else 'token'} file where a {what} was expected")

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from nanollm import GPT, CharTokenizer, train_with_config
 from nanollm.corpus import synthetic_text
-from nanollm.data import TokenDataset, load_prepared, prepare
+from nanollm.data import TokenDataset
 from nanollm.ops.cross_entropy import IGNORE_INDEX
+from nanollm.prepare import load_prepared, prepare
 from nanollm.textfiles import iter_text_chunks, read_text_file
 from nanollm.tokenfile import HEADER_BYTES, MASK_FORMAT, read_token_file, token_format, write_token_file
 

@@ -144,7 +144,7 @@ def test_param_check_interval_is_a_checked_config_key():
 
 
 def test_the_paper_estimate_is_a_ring_allreduce_at_the_link_rate():
-    from nanollm.parallel_bench import LATENCY_SECONDS, LINK_EFFICIENCY, estimate, ring_allreduce_seconds
+    from nanollm.tools.parallel_bench import LATENCY_SECONDS, LINK_EFFICIENCY, estimate, ring_allreduce_seconds
 
     assert ring_allreduce_seconds(1e9, 1, 10) == 0.0
     rate = 10e9 / 8 * LINK_EFFICIENCY

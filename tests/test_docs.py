@@ -41,8 +41,8 @@ COVERED_ELSEWHERE = {
     "nanollm experiments": "tests/test_experiments.py",
     "python experiments/run_scaling_experiments.py": "tests/test_experiments.py",
     "mpiexec": "tests/test_mpi.py",  # needs the [mpi] extra: run verbatim there when it is installed
-    "python -m nanollm.parallel_bench": "tests/test_mpi.py",
-    "python -m nanollm.gpu_bench": "tests/test_gpu_bench.py",  # a GPU's; there, its CPU smoke form
+    "python -m nanollm.tools.parallel_bench": "tests/test_mpi.py",
+    "python -m nanollm.tools.gpu_bench": "tests/test_gpu_bench.py",  # a GPU's; there, its CPU smoke form
 }
 NANOLLM_COMMAND = re.compile(r"^(?:nanollm|python -m nanollm)(?:\s|$)")
 INPUT_CHARACTERS = 60_000   # the input.txt the docs' commands train on
@@ -103,17 +103,17 @@ def test_readme_test_command_is_run_verbatim_by_ci():
 
 def test_training_md_config_reference_is_generated_from_defaults():
     from nanollm import config
-    from nanollm.config_reference import main, reference_markdown
+    from nanollm.tools.config_reference import main, reference_markdown
 
     assert main([str(ROOT / "TRAINING.md"), "--check"]) == 0, \
-        "TRAINING.md's config reference differs from DEFAULTS: run python -m nanollm.config_reference TRAINING.md"
+        "TRAINING.md's config reference differs from DEFAULTS: run python -m nanollm.tools.config_reference TRAINING.md"
     reference = reference_markdown()
     for key, comment in config.describe_keys().items():
         assert f"| `{key}`" in reference and comment and comment in reference.replace("\\|", "|"), key
 
 
 def test_config_reference_rewrites_only_its_block_and_check_fails_when_stale(tmp_path, capsys):
-    from nanollm.config_reference import BEGIN, END, main, reference_markdown
+    from nanollm.tools.config_reference import BEGIN, END, main, reference_markdown
 
     doc = tmp_path / "doc.md"
     doc.write_text(f"intro\n\n{BEGIN}\n| `old_key` | 1 |\n{END}\n\noutro\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-"""python -m nanollm.gpu_bench: its CPU smoke form runs the whole benchmark (nanollm beside
+"""python -m nanollm.tools.gpu_bench: its CPU smoke form runs the whole benchmark (nanollm beside
 PyTorch, every dtype) on a tiny model; on a machine without a GPU, asking for the GPU is a
 one-line error. The GPU figures themselves come from running it on a GPU (BENCHMARKS.md)."""
 
@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from nanollm import backends, gpu_bench
+from nanollm import backends
+from nanollm.tools import gpu_bench
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -35,7 +36,7 @@ def test_the_cpu_smoke_form_times_both_sides_for_every_dtype(tmp_path, capsys):
 def test_without_a_gpu_the_cupy_backend_is_a_one_line_error(capsys):
     if backends.available()["cupy"] is None:
         pytest.skip("a GPU is here: the benchmark would run")
-    with pytest.raises(SystemExit, match=r"nanollm.gpu_bench: backend 'cupy' cannot load .*pip install"):
+    with pytest.raises(SystemExit, match=r"nanollm.tools.gpu_bench: backend 'cupy' cannot load .*pip install"):
         gpu_bench.main(["--steps", "1"])
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from nanollm import GPT, BPETokenizer, CharTokenizer, train_with_config
 from nanollm.corpus import synthetic_instructions
-from nanollm.data import load_prepared, prepare
 from nanollm.instruct import (CHAT_SPECIAL_TOKENS, chat_prompt, encode_conversation, read_instructions, render_text)
 from nanollm.ops.cross_entropy import IGNORE_INDEX
+from nanollm.prepare import load_prepared, prepare
 
 SAMPLES = Path(__file__).parent.parent / "data" / "instruct"
 

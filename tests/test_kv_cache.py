@@ -72,7 +72,7 @@ def test_no_backward_after_a_cached_forward_and_clear_cache_errors():
 
 
 def test_generation_bench_prints_both_speeds_and_checks_the_tokens(capsys):
-    from nanollm.generation_bench import main
+    from nanollm.tools.generation_bench import main
 
     main(["--preset", "nano", "--new-tokens", "6", "--prompt-tokens", "3"])
     lines = capsys.readouterr().out.splitlines()

@@ -113,7 +113,7 @@ def test_the_experiment_runner_shares_a_grid_over_ranks(tmp_path):
 
 def test_the_parallel_benchmark_prints_every_setup_and_the_estimate(tmp_path):
     figures = tmp_path / "figures.json"
-    done = subprocess.run([sys.executable, "-m", "nanollm.parallel_bench", "--preset", "nano", "--steps", "3",
+    done = subprocess.run([sys.executable, "-m", "nanollm.tools.parallel_bench", "--preset", "nano", "--steps", "3",
                            "--json", str(figures)], capture_output=True, text=True, timeout=JOB_SECONDS, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(figures.read_text())

@@ -287,7 +287,7 @@ def test_malformed_bpe_files_are_errors_naming_the_file(tmp_path, change, messag
 
 def test_tokenizer_bench_prints_its_figures(tmp_path, capsys):
     from nanollm.corpus import synthetic_text
-    from nanollm.tokenizer_bench import main
+    from nanollm.tools.tokenizer_bench import main
 
     text = tmp_path / "t.txt"
     text.write_text(synthetic_text(30_000, seed=4), encoding="utf-8")

@@ -2,9 +2,9 @@
 tokens/s on 1 and 2 MPI ranks side by side, the gradient Allreduce's share of a step, and a
 paper estimate of the efficiency on more machines over Ethernet.
 
-    python -m nanollm.parallel_bench [--preset shakespeare-cpu] [--batch-size 12] [--steps 30]
-                                     [--data ../shared/data/tinyshakespeare.txt] [--machines 8]
-                                     [--gbits 10]
+    python -m nanollm.tools.parallel_bench [--preset shakespeare-cpu] [--batch-size 12] [--steps 30]
+                                           [--data ../shared/data/tinyshakespeare.txt] [--machines 8]
+                                           [--gbits 10]
 
 Three setups, one process group each, one after the other (never two at once):
     1 rank,  BLAS threads on every core   what one process does today
@@ -87,7 +87,7 @@ def worker(args):
 
 def run_setup(args, ranks, threads):
     """One setup's figures, from a fresh process group, or {"error": ...}."""
-    command = [sys.executable, "-m", "nanollm.parallel_bench", "--worker", "--preset", args.preset,
+    command = [sys.executable, "-m", "nanollm.tools.parallel_bench", "--worker", "--preset", args.preset,
                "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
     if args.data:
         command += ["--data", str(args.data)]
@@ -122,7 +122,7 @@ def estimate(step_seconds, gradient_bytes, machines, gbits):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m nanollm.parallel_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nanollm.tools.parallel_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="shakespeare-cpu", choices=sorted(PRESETS), help="model and recipe")
     parser.add_argument("--batch-size", type=int, help="windows per rank per step (default: the preset's)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setup (default 30)")

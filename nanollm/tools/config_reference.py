@@ -1,7 +1,7 @@
 """TRAINING.md's configuration reference, generated from ``config.DEFAULTS`` so the two cannot drift.
 
-    python -m nanollm.config_reference TRAINING.md           # rewrite the reference in place
-    python -m nanollm.config_reference TRAINING.md --check   # exit 1 if it is out of date
+    python -m nanollm.tools.config_reference TRAINING.md           # rewrite the reference in place
+    python -m nanollm.tools.config_reference TRAINING.md --check   # exit 1 if it is out of date
 
 The reference sits between the two marker lines below; everything else in the file is left as it
 is. Each key's comment in DEFAULTS is its only description (``config.describe_keys``), and the
@@ -16,7 +16,7 @@ import tempfile
 
 from nanollm import config
 
-BEGIN = "<!-- config reference: generated from nanollm/config.py by `python -m nanollm.config_reference TRAINING.md`; edit DEFAULTS, not this table -->"
+BEGIN = "<!-- config reference: generated from nanollm/config.py by `python -m nanollm.tools.config_reference TRAINING.md`; edit DEFAULTS, not this table -->"
 END = "<!-- end of config reference -->"
 
 
@@ -82,7 +82,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     paths = [arg for arg in argv if arg != "--check"]
     if len(paths) != 1 or len(argv) - len(paths) > 1:
-        print("usage: python -m nanollm.config_reference FILE.md [--check]", file=sys.stderr)
+        print("usage: python -m nanollm.tools.config_reference FILE.md [--check]", file=sys.stderr)
         return 2
     path = paths[0]
     try:
@@ -94,7 +94,7 @@ def main(argv=None):
         return 1
     if "--check" in argv:
         if updated != text:
-            print(f"{path}: the config reference is out of date; run python -m nanollm.config_reference {path}",
+            print(f"{path}: the config reference is out of date; run python -m nanollm.tools.config_reference {path}",
                   file=sys.stderr)
             return 1
         return 0

@@ -1,4 +1,4 @@
-"""`nanollm bench` / `python -m nanollm.bench`: how fast is a train step, and where does the time go.
+"""`nanollm bench` / `python -m nanollm.tools.bench`: how fast is a train step, and where does the time go.
 
 Everything is measured in one run, side by side (the machine is shared and noisy):
   1. the BLAS sgemm peak (float32 np.matmul), the yardstick for GFLOP/s and MFU;
@@ -164,7 +164,7 @@ def torch_step_timing(cfg, steps, warmup=2):
     try:
         import torch
 
-        from nanollm.torch_reference import TorchGPT, adamw_for
+        from nanollm.tools.torch_reference import TorchGPT, adamw_for
     except ImportError:
         return None
     torch.manual_seed(0)
@@ -201,7 +201,7 @@ THREAD_SETUPS = {
 
 def run_step_subprocess(backend, config_name, steps, env):
     """train_step_timing in a fresh interpreter under ``env``: its figures, or {"error": ...}."""
-    command = [sys.executable, "-m", "nanollm.bench", "--step-only", config_name, "--backends", backend,
+    command = [sys.executable, "-m", "nanollm.tools.bench", "--step-only", config_name, "--backends", backend,
                "--steps", str(steps), "--warmup", "0"]
     done = subprocess.run(command, env=dict(os.environ, **env), capture_output=True, text=True, check=False)
     return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip()[-300:]}

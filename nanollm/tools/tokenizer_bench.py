@@ -1,6 +1,6 @@
 """How fast the byte-level BPE tokenizer trains, encodes and decodes, and how much it compresses.
 
-    python -m nanollm.tokenizer_bench [--text FILE] [--vocab-size 8000] [--bytes 1000000]
+    python -m nanollm.tools.tokenizer_bench [--text FILE] [--vocab-size 8000] [--bytes 1000000]
 
 Trains a BPETokenizer on the first --bytes bytes of the text, then encodes and decodes the whole
 text and checks that decoding gives it back. The default text is Tiny Shakespeare from the shared
@@ -29,7 +29,7 @@ def load_text(path, size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m nanollm.tokenizer_bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nanollm.tools.tokenizer_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--text", help="UTF-8 text file (default: Tiny Shakespeare, else synthetic text)")
     parser.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary, special tokens included")
     parser.add_argument("--bytes", type=int, default=1_000_000, help="train on the first this many bytes")

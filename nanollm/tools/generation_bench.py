@@ -1,7 +1,7 @@
 """How much the KV cache speeds up generation: tokens/s with and without it, side by side.
 
-    python -m nanollm.generation_bench [--preset medium] [--architecture gpt2 llama]
-                                       [--new-tokens 256] [--prompt-tokens 16] [--checkpoint PATH]
+    python -m nanollm.tools.generation_bench [--preset medium] [--architecture gpt2 llama]
+                                             [--new-tokens 256] [--prompt-tokens 16] [--checkpoint PATH]
 
 For each architecture, a model of the preset's shape (seeded random weights; or the
 checkpoint's model) generates --new-tokens greedily from the same prompt twice: once with the
@@ -40,7 +40,7 @@ def compare(model, prompt, new_tokens):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m nanollm.generation_bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nanollm.tools.generation_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="medium", choices=sorted(PRESETS), help="model shape (default medium)")
     parser.add_argument("--architecture", nargs="+", default=["gpt2", "llama"], choices=["gpt2", "llama"])
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens generated per run (default 256)")

@@ -1,11 +1,11 @@
-"""python -m nanollm.gpu_bench: nanollm's train step on an NVIDIA GPU beside PyTorch eager's.
+"""python -m nanollm.tools.gpu_bench: nanollm's train step on an NVIDIA GPU beside PyTorch eager's.
 
-    python -m nanollm.gpu_bench                        # nanoGPT's GPU recipe, float32 / bfloat16 / float16
-    python -m nanollm.gpu_bench --dtypes bfloat16 --steps 50 --json gpu.json
+    python -m nanollm.tools.gpu_bench                        # nanoGPT's GPU recipe, float32 / bfloat16 / float16
+    python -m nanollm.tools.gpu_bench --dtypes bfloat16 --steps 50 --json gpu.json
 
 One run, one GPU, side by side: nanollm with backend cupy (train_with_config's own loop, which
 reads the device only at its first and last step) and the same model in PyTorch eager (the
-AdamW, clipping and decay groups of nanollm.torch_reference; torch.autocast for the half
+AdamW, clipping and decay groups of nanollm.tools.torch_reference; torch.autocast for the half
 dtypes, with a GradScaler for float16). The model is nanoGPT's Shakespeare-char GPU recipe: 6
 layers, 6 heads, 384 channels, context 256, batch 64, 65 characters, and no dropout on either
 side so that the two compute the same thing. Printed: ms per step, tokens/s, and nanollm's
@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from nanollm import backends
-from nanollm.bench import MODEL_KEYS, PYTORCH_HINT, build_model, print_table
+from nanollm.tools.bench import MODEL_KEYS, PYTORCH_HINT, build_model, print_table
 from nanollm.train import train_with_config
 
 CONFIGS = {
@@ -58,7 +58,7 @@ def torch_timing(cfg, dtype, steps, warmup, device):
     try:
         import torch
 
-        from nanollm.torch_reference import TorchGPT, adamw_for
+        from nanollm.tools.torch_reference import TorchGPT, adamw_for
     except ImportError:
         return None
     torch.manual_seed(0)
@@ -105,7 +105,7 @@ def describe_device(device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m nanollm.gpu_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nanollm.tools.gpu_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="nanogpt-gpu", choices=list(CONFIGS))
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated, from " + ", ".join(DTYPES))
     parser.add_argument("--steps", type=int, default=30, help="timed steps per side and dtype")
@@ -123,7 +123,7 @@ def main(argv=None):
     try:
         backends.use(args.backend)
     except ValueError as exc:
-        sys.exit(f"nanollm.gpu_bench: {exc}")
+        sys.exit(f"nanollm.tools.gpu_bench: {exc}")
     cfg = CONFIGS[args.config]
     print(f"{args.config}: {describe_device(args.device)}; " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
     rows, figures = [], {"config": args.config, "model": cfg, "steps": args.steps, "results": {}}
