@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Softmax kernels: row softmax, causal (masked) attention softmax, fused softmax cross-entropy.
+"""Softmax kernels: causal (masked) attention softmax, fused softmax cross-entropy.
 
 Each function takes C-contiguous float32 or float64 arrays of one dtype (a Cython fused type
 picks the C specialisation at call time) and writes into output arrays the caller allocates;
@@ -67,28 +67,6 @@ cdef _check_same(str what, tuple want, tuple got):
 cdef _check_causal(Py_ssize_t tq, Py_ssize_t tk):
     if tq > tk:
         raise ValueError(f"causal softmax needs Tq <= Tk (queries are the last Tq of Tk keys), got {tq} > {tk}")
-
-
-# ----------------------------------------------------------------------------- row softmax
-
-
-def softmax_forward(const real[:, ::1] x, real[:, ::1] out):
-    """x (N, C) -> out (N, C): the softmax of each row."""
-    cdef Py_ssize_t i, rows = x.shape[0], cols = x.shape[1]
-    _check_same("softmax_forward out", (rows, cols), (out.shape[0], out.shape[1]))
-    with nogil:
-        for i in range(rows):
-            _softmax_row(&x[i, 0], <real>1, cols, &out[i, 0])
-
-
-def softmax_backward(const real[:, ::1] dprobs, const real[:, ::1] probs, real[:, ::1] dx):
-    """dprobs, probs (N, C) -> dx (N, C) = p * (dp - sum(dp * p)), row by row."""
-    cdef Py_ssize_t i, rows = probs.shape[0], cols = probs.shape[1]
-    _check_same("softmax_backward dprobs", (rows, cols), (dprobs.shape[0], dprobs.shape[1]))
-    _check_same("softmax_backward dx", (rows, cols), (dx.shape[0], dx.shape[1]))
-    with nogil:
-        for i in range(rows):
-            _softmax_backward_row(&dprobs[i, 0], &probs[i, 0], <real>1, cols, &dx[i, 0])
 
 
 # ----------------------------------------------------------------------------- causal softmax

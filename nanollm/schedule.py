@@ -12,21 +12,20 @@ lr * (step + 1) / (warmup_steps + 1)), then follows its own shape from ``learnin
 progress = (step - warmup_steps) / (decay_steps - warmup_steps), clipped to [0, 1];
 decay_steps defaults to num_steps, after which cosine and polynomial stay at min_learning_rate.
 Steps count from 0: lr_at(0, cfg) is the rate of the first update.
+
+cfg is a resolved training config (``nanollm.config.resolve({...})``): every key is present, with
+nanollm.config.DEFAULTS the one place the schedule's defaults are written down.
 """
 
 import math
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "polynomial")
 
-SCHEDULE_DEFAULTS = dict(lr_schedule="constant", warmup_steps=0, decay_steps=None, min_learning_rate=0.0,
-                         step_size=1000, gamma=0.1, power=1.0)
-
 
 def lr_at(step, cfg):
-    """The learning rate for 0-based ``step`` under cfg's schedule (keys as SCHEDULE_DEFAULTS,
-    plus learning_rate, and num_steps when decay_steps is not given)."""
-    c = {**SCHEDULE_DEFAULTS, **cfg}
-    lr, schedule, warmup = c["learning_rate"], c["lr_schedule"], c["warmup_steps"]
+    """The learning rate for 0-based ``step`` under the schedule of ``cfg``, a resolved config
+    (``nanollm.config.resolve({...})``: every key present, DEFAULTS for those not given)."""
+    lr, schedule, warmup = cfg["learning_rate"], cfg["lr_schedule"], cfg["warmup_steps"]
     if schedule not in SCHEDULES:
         raise ValueError(f"lr_schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
     if step < warmup:
@@ -34,15 +33,13 @@ def lr_at(step, cfg):
     if schedule == "constant":
         return lr
     if schedule == "step":
-        if c["step_size"] < 1:
-            raise ValueError(f"step_size must be >= 1 for the step schedule, got {c['step_size']}")
-        return lr * c["gamma"] ** ((step - warmup) // c["step_size"])
-    decay_steps = c["decay_steps"] if c["decay_steps"] is not None else c.get("num_steps")
-    if decay_steps is None:
-        raise ValueError(f"lr_schedule={schedule!r} needs decay_steps (or num_steps) to know where it ends")
+        if cfg["step_size"] < 1:
+            raise ValueError(f"step_size must be >= 1 for the step schedule, got {cfg['step_size']}")
+        return lr * cfg["gamma"] ** ((step - warmup) // cfg["step_size"])
+    decay_steps = cfg["decay_steps"] if cfg["decay_steps"] is not None else cfg["num_steps"]
     span = decay_steps - warmup
     progress = 1.0 if span <= 0 else min(max((step - warmup) / span, 0.0), 1.0)
-    min_lr = c["min_learning_rate"]
+    min_lr = cfg["min_learning_rate"]
     if schedule in ("cosine", "warmup_cosine"):
         return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return min_lr + (lr - min_lr) * (1.0 - progress) ** c["power"]
+    return min_lr + (lr - min_lr) * (1.0 - progress) ** cfg["power"]

@@ -19,13 +19,6 @@ def test_every_default_key_has_a_comment():
         assert re.search(rf'^\s+"{key}": .+#\s*\S', source, flags=re.M), f"DEFAULTS[{key!r}] has no comment"
 
 
-def test_schedule_defaults_agree_with_the_config_defaults():
-    """lr_at fills missing keys from SCHEDULE_DEFAULTS when used on its own: the two tables must agree."""
-    from nanollm.schedule import SCHEDULE_DEFAULTS
-
-    assert {key: DEFAULTS[key] for key in SCHEDULE_DEFAULTS} == SCHEDULE_DEFAULTS
-
-
 def test_precedence_defaults_preset_then_overrides_in_order():
     cfg = resolve({"learning_rate": 3e-4, "batch_size": 4}, {"batch_size": 8}, preset="shakespeare-cpu")
     assert cfg["embedding_dim"] == 128 and cfg["lr_schedule"] == "cosine"  # from the preset

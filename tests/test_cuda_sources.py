@@ -69,7 +69,7 @@ def test_cupy_gpu_asks_for_every_kernel_and_only_those():
 
 
 def test_kernel_names_carry_one_suffix_per_dtype():
-    assert cuda.kernel_name("softmax_forward", "bfloat16") == "softmax_forward_bf16"
+    assert cuda.kernel_name("causal_softmax_forward", "bfloat16") == "causal_softmax_forward_bf16"
     assert cuda.kernel_name("adamw_step_scaled", "float32", "float16") == "adamw_step_scaled_f32_f16"
     assert len(cuda.KERNEL_NAMES) == len(set(cuda.KERNEL_NAMES)) == 4 * len(cuda.PER_TYPE) + 2 * 4 * 2
 

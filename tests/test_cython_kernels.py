@@ -58,8 +58,8 @@ def test_matmul_primitive_stays_on_blas():
 
 def test_wrapper_rejects_int_arrays_with_a_clear_error():
     ints = np.arange(12).reshape(3, 4)
-    with pytest.raises(ValueError, match="cython backend supports float32 and float64 arrays; x is int64"):
-        cython_cpu.softmax_forward(ints)
+    with pytest.raises(ValueError, match="cython backend supports float32 and float64 arrays; scores is int64"):
+        cython_cpu.causal_softmax_forward(ints, 1.0)
     with pytest.raises(ValueError, match="weight is int64"):
         cython_cpu.layernorm_forward(np.ones((3, 4)), np.ones(4, dtype=np.int64), np.zeros(4))
     with pytest.raises(ValueError, match="float16"):
@@ -122,9 +122,9 @@ def test_causal_softmax_never_reads_the_masked_half(dtype):
 
 def test_nan_propagates_and_large_logits_do_not_overflow():
     x = np.array([[1.0, np.nan, 2.0], [1000.0, 999.0, -1000.0]], dtype=np.float32)
-    p = cython_cpu.softmax_forward(x)
+    p = cython_cpu.causal_softmax_forward(x[:, None], 1.0)[:, 0]  # one query per row, seeing all 3 keys
     assert np.isnan(p[0]).all()
-    np.testing.assert_allclose(p[1], numpy_ref.softmax_forward(x[1:])[0], rtol=1e-6)
+    np.testing.assert_allclose(p[1], numpy_ref.causal_softmax_forward(x[1:, None], 1.0)[0, 0], rtol=1e-6)
     losses, lse = cython_cpu.cross_entropy_forward(x, np.array([0, 1]), -100)
     assert np.isnan(losses[0]) and np.isfinite(losses[1]) and lse[1] == pytest.approx(1000.3133, rel=1e-6)
     assert np.isnan(cython_cpu.gelu_forward(np.array([np.nan]))).all()
@@ -156,7 +156,8 @@ def test_leading_axes_and_non_contiguous_inputs_are_handled():
     for got, want in zip(cython_cpu.layernorm_forward(x, w, b), numpy_ref.layernorm_forward(x, w, b), strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(cython_cpu.softmax_forward(x), numpy_ref.softmax_forward(x), rtol=1e-12)
+    np.testing.assert_allclose(cython_cpu.causal_softmax_forward(x, 0.5), numpy_ref.causal_softmax_forward(x, 0.5),
+                               rtol=1e-12)
     np.testing.assert_allclose(cython_cpu.gelu_backward(x, x), numpy_ref.gelu_backward(x, x), rtol=1e-12)
     for got, want in zip(cython_cpu.rmsnorm_forward(x, w), numpy_ref.rmsnorm_forward(x, w), strict=True):
         assert got.shape == want.shape

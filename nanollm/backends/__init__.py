@@ -24,8 +24,6 @@ import numpy as np
 # The closed set of primitives every backend must define (see numpy_ref for their contracts).
 PRIMITIVES = (
     "matmul",
-    "softmax_forward",
-    "softmax_backward",
     "causal_softmax_forward",
     "causal_softmax_backward",
     "layernorm_forward",

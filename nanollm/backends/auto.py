@@ -15,8 +15,6 @@ import warnings
 # machine (numba / cython / numpy).
 CHOICES = {
     "matmul": (("numpy",), "BLAS sgemm at ~190 GFLOP/s; the Cython blocked matmul reaches ~25 (8x slower)"),
-    "softmax_forward": (("numba", "numpy", "cython"), "0.07 / 0.22 / 0.12: vectorised exp, one pass per row"),
-    "softmax_backward": (("numba", "cython", "numpy"), "0.017 / 0.028 / 0.047: one fused pass per row"),
     "causal_softmax_forward": (("numba", "cython", "numpy"), "0.24 / 0.47 / 0.66: masked half skipped, vectorised exp"),
     "causal_softmax_backward": (("cython", "numba", "numpy"), "0.10 / 0.057 / 0.20: masked half skipped"),
     "layernorm_forward": (("numba", "cython", "numpy"), "0.054 / 0.080 / 0.17: two passes per row, no temporaries"),

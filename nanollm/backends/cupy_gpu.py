@@ -155,30 +155,6 @@ def _rows(x):
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
-# ----------------------------------------------------------------------------- softmax
-
-
-def softmax_forward(x):
-    """Softmax over the last axis (see numpy_ref)."""
-    dtype = _float_dtype("x", x)
-    x = _device(x, dtype)
-    rows = _rows(x)  # (N, C)
-    out = cupy.empty_like(rows)
-    _launch_rows("softmax_forward", dtype, *rows.shape, (rows, out, np.int64(rows.shape[1])))
-    return out.reshape(x.shape)
-
-
-def softmax_backward(dprobs, probs):
-    """p * (dp - sum(dp * p)) row by row (see numpy_ref)."""
-    dtype = _float_dtype("probs", probs)
-    probs = _device(probs, dtype)
-    p = _rows(probs)  # (N, C)
-    dx = cupy.empty_like(p)
-    dp = _rows(_input("dprobs", dprobs, dtype, probs.shape))
-    _launch_rows("softmax_backward", dtype, *p.shape, (dp, p, dx, np.int64(p.shape[1])))
-    return dx.reshape(probs.shape)
-
-
 # ----------------------------------------------------------------------------- causal softmax
 
 

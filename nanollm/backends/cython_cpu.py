@@ -14,8 +14,8 @@ Rules the kernels keep:
 - Built portable (-O3 with reassociation so row sums vectorise; no -ffinite-math-only, no
   -march=native; see setup.py): NaN and Inf propagate.
 - float32 GELU and SwiGLU use the same vectorisable rational tanh and exp as numba_cpu
-  (kernels/fastmath.pxd); elsewhere exp is libc's, one call per element, so the softmax forward
-  and cross-entropy are slower than NumPy's SIMD np.exp.
+  (kernels/fastmath.pxd); elsewhere exp is libc's, one call per element, so cross-entropy is
+  slower than NumPy's SIMD np.exp.
 - One core: the loops release the GIL but do not spread rows over threads (no OpenMP).
 - Rows of the causal softmax never touch their masked (future) half.
 
@@ -78,26 +78,6 @@ def _int64(x, name):
     if not np.issubdtype(x.dtype, np.integer):
         raise ValueError(f"{name} must be an integer array; it is {x.dtype}")
     return np.ascontiguousarray(x, dtype=np.int64).reshape(-1)
-
-
-# ----------------------------------------------------------------------------- softmax
-
-
-def softmax_forward(x):
-    """Softmax over the last axis (see numpy_ref)."""
-    rows = _rows(x, _dtype(x=x))
-    out = np.empty_like(rows)
-    _softmax.softmax_forward(rows, out)
-    return out.reshape(np.shape(x))
-
-
-def softmax_backward(dprobs, probs):
-    """p * (dp - sum(dp * p)) row by row (see numpy_ref)."""
-    dtype = _dtype(dprobs=dprobs, probs=probs)
-    p = _rows(probs, dtype)
-    dx = np.empty_like(p)
-    _softmax.softmax_backward(_rows(dprobs, dtype), p, dx)
-    return dx.reshape(np.shape(probs))
 
 
 # ----------------------------------------------------------------------------- causal softmax

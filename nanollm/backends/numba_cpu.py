@@ -88,48 +88,6 @@ def _exp_into(x, scale, shift, out, count, pow2_bits, fast):
     return total
 
 
-# ----------------------------------------------------------------------------- softmax
-
-
-@_kernel
-def _softmax_forward_rows(x, out, fast):  # x, out: (N, C); fast: float32
-    for i in prange(x.shape[0]):
-        pow2_bits = np.empty(x.shape[1], dtype=np.int32)
-        row_max = x[i, 0]
-        for j in range(1, x.shape[1]):
-            row_max = max(row_max, x[i, j])
-        total = _exp_into(x[i], 1.0, row_max, out[i], x.shape[1], pow2_bits, fast)
-        inv = 1.0 / total
-        for j in range(x.shape[1]):
-            out[i, j] *= inv
-
-
-@_kernel
-def _softmax_backward_rows(dprobs, probs, dx):  # all (N, C)
-    for i in prange(probs.shape[0]):
-        dot = 0.0
-        for j in range(probs.shape[1]):
-            dot += dprobs[i, j] * probs[i, j]
-        for j in range(probs.shape[1]):
-            dx[i, j] = probs[i, j] * (dprobs[i, j] - dot)
-
-
-def softmax_forward(x):
-    """Softmax over the last axis (see numpy_ref)."""
-    rows = _rows(x)
-    out = np.empty_like(rows)
-    _softmax_forward_rows(rows, out, rows.dtype == np.float32)
-    return out.reshape(x.shape)
-
-
-def softmax_backward(dprobs, probs):
-    """p * (dp - sum(dp * p)) row by row (see numpy_ref)."""
-    p = _rows(probs)
-    dx = np.empty_like(p)
-    _softmax_backward_rows(_rows(dprobs), p, dx)
-    return dx.reshape(probs.shape)
-
-
 # ----------------------------------------------------------------------------- causal softmax
 
 

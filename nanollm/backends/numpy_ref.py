@@ -22,18 +22,6 @@ def matmul(a, b):
     return array_module(a).matmul(a, b)
 
 
-def softmax_forward(x):
-    """Softmax over the last axis, shifted by the row max so exp never overflows."""
-    shifted = x - x.max(axis=-1, keepdims=True)
-    e = array_module(x).exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def softmax_backward(dprobs, probs):
-    """dx = p * (dp - sum(dp * p)): the Jacobian-vector product of the softmax, row by row."""
-    return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
-
-
 def _causal_mask(xp, num_queries, num_keys):
     """(Tq, Tk) bool, True where query i may NOT see key j (j is in its future).
 
@@ -45,16 +33,21 @@ def _causal_mask(xp, num_queries, num_keys):
 
 def causal_softmax_forward(scores, scale):
     """Attention probabilities from raw scores (..., Tq, Tk): softmax(scale * scores) over
-    the keys each query may see; future keys get probability exactly 0."""
+    the keys each query may see; future keys get probability exactly 0.
+
+    Each row is shifted by its max so exp never overflows; exp(-inf) = 0 gives the masked keys
+    their exact 0 (every query sees at least its own key, so no row is all -inf)."""
     xp = array_module(scores)
     masked = xp.where(_causal_mask(xp, *scores.shape[-2:]), -np.inf, scores * scores.dtype.type(scale))
-    return softmax_forward(masked)
+    e = xp.exp(masked - masked.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def causal_softmax_backward(dprobs, probs, scale):
-    """d scores (..., Tq, Tk) from d probs: the softmax backward times the scale.
+    """d scores (..., Tq, Tk) from d probs: the softmax backward times the scale,
+    dscores = scale * p * (dp - sum(dp * p)) row by row (the Jacobian-vector product of the softmax).
     Masked entries have probs == 0, so their gradient is 0 without a mask."""
-    return softmax_backward(dprobs, probs) * probs.dtype.type(scale)
+    return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True)) * probs.dtype.type(scale)
 
 
 def layernorm_forward(x, weight, bias, eps=1e-5):

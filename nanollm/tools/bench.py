@@ -104,8 +104,6 @@ def primitive_cases(cfg, dtype=np.float32):
     gate, up = normal(n, f), normal(n, f)  # SwiGLU: the two (B*T, ffn) projections
     return {
         "matmul": (normal(n, c), normal(c, f)),
-        "softmax_forward": (rows,),
-        "softmax_backward": (normal(n, t), numpy_ref.softmax_forward(rows)),
         "causal_softmax_forward": (scores, 0.125),
         "causal_softmax_backward": (normal(b, h, t, t), probs, 0.125),
         "layernorm_forward": (x, w, bias, 1e-5),

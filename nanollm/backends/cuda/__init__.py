@@ -14,8 +14,6 @@ SUFFIXES = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "b
 
 # Kernels stamped out once per element type.
 PER_TYPE = (
-    "softmax_forward",
-    "softmax_backward",
     "causal_softmax_forward",
     "causal_softmax_backward",
     "layernorm_forward",
@@ -43,7 +41,7 @@ PARAM_DTYPES = ("float32", "float64")
 
 
 def kernel_name(kernel, *dtype_names):
-    """kernel_name("softmax_forward", "float32") -> "softmax_forward_f32"."""
+    """kernel_name("causal_softmax_forward", "float32") -> "causal_softmax_forward_f32"."""
     return "_".join([kernel] + [SUFFIXES[name] for name in dtype_names])
 
 

@@ -115,47 +115,6 @@ template <typename A> __device__ A block_max(A v) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); \
          i += (long long)gridDim.x * blockDim.x)
 
-// ----------------------------------------------------------------------------- softmax
-
-// out = exp(x - max) / sum(exp(x - max)) over each row of x (rows, cols); one block per row.
-template <typename T> __device__ void softmax_forward(const T* x, T* out, long long cols) {
-    using A = acc_t<T>;
-    x += blockIdx.x * cols;
-    out += blockIdx.x * cols;
-    A row_max = minus_infinity<A>();
-    for (long long j = threadIdx.x; j < cols; j += blockDim.x) row_max = math_max(row_max, widen(x[j]));
-    row_max = block_max(row_max);
-    A total = 0;
-    for (long long j = threadIdx.x; j < cols; j += blockDim.x) total += math_exp(widen(x[j]) - row_max);
-    total = block_sum(total);
-    for (long long j = threadIdx.x; j < cols; j += blockDim.x)
-        out[j] = narrow<T>(math_exp(widen(x[j]) - row_max) / total);
-}
-#define STAMP_SOFTMAX_FORWARD(T, S)                                                       \
-    extern "C" __global__ void softmax_forward_##S(const T* x, T* out, long long cols) { \
-        softmax_forward(x, out, cols);                                                    \
-    }
-FOR_EACH_TYPE(STAMP_SOFTMAX_FORWARD)
-
-// dx = p * (dp - sum(dp * p)) over each row (rows, cols): the softmax's Jacobian-vector product.
-template <typename T> __device__ void softmax_backward(const T* dprobs, const T* probs, T* dx, long long cols) {
-    using A = acc_t<T>;
-    const long long start = blockIdx.x * cols;
-    dprobs += start;
-    probs += start;
-    dx += start;
-    A dot = 0;
-    for (long long j = threadIdx.x; j < cols; j += blockDim.x) dot += widen(dprobs[j]) * widen(probs[j]);
-    dot = block_sum(dot);
-    for (long long j = threadIdx.x; j < cols; j += blockDim.x)
-        dx[j] = narrow<T>(widen(probs[j]) * (widen(dprobs[j]) - dot));
-}
-#define STAMP_SOFTMAX_BACKWARD(T, S)                                                                \
-    extern "C" __global__ void softmax_backward_##S(const T* dprobs, const T* probs, T* dx, long long cols) { \
-        softmax_backward(dprobs, probs, dx, cols);                                                  \
-    }
-FOR_EACH_TYPE(STAMP_SOFTMAX_BACKWARD)
-
 // ----------------------------------------------------------------------------- causal softmax
 
 // Attention probabilities from raw scores (M * Tq rows of Tk keys), one block per row (query).
