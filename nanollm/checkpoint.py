@@ -19,7 +19,6 @@ metadata naming the base model's config, a file a few percent of the checkpoint'
 """
 
 import json
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -28,39 +27,15 @@ import numpy as np
 
 from nanollm import backends
 from nanollm.lora import is_adapter
-from nanollm.model import TransformerLanguageModel, complete_model_config
+from nanollm.model import TransformerLanguageModel
+from nanollm.model_config import SHAPE_KEYS, complete_model_config
+from nanollm.textfiles import write_atomically
 from nanollm.tokenizers import tokenizer_from_dict
 
 FORMAT_VERSION = 1
 KIND = "nanollm-checkpoint"
 ADAPTERS_KIND = "nanollm-lora-adapters"
 METADATA_KEY = "__metadata__"
-# Model settings that decide the parameter shapes (dropout and dtype do not).
-STRUCTURE_KEYS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads", "max_seq_len",
-                  "architecture", "tie_embeddings", "rope_base")
-
-
-def _write_atomically(path, arrays):
-    """np.savez to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    return path
 
 
 def save_checkpoint(path, model, optimizer_state=None, step=0, loss=None, config=None, tokenizer=None,
@@ -87,7 +62,7 @@ def save_checkpoint(path, model, optimizer_state=None, step=0, loss=None, config
         "rng_states": rng_states or {}, "optimizer_scalars": optimizer_scalars, "extra": extra or {},
     }
     arrays[METADATA_KEY] = np.array(json.dumps(metadata))
-    return _write_atomically(path, arrays)
+    return write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def _open(path):
@@ -187,7 +162,7 @@ def _check_parameters(path, model, saved, saved_model_config):
         raise ValueError(f"{path} was trained with a vocabulary of {saved_model_config.get('vocab_size')} tokens "
                          f"but the model has vocab_size={model.vocab_size}; use the checkpoint's tokenizer "
                          "and build the model with its vocab_size")
-    differences = _structure_differences(saved_model_config, model, STRUCTURE_KEYS, "checkpoint")
+    differences = _structure_differences(saved_model_config, model, SHAPE_KEYS, "checkpoint")
     if differences:
         raise ValueError(f"{path} does not fit the model: {', '.join(differences)}; build the model with the "
                          "checkpoint's settings, or call load_checkpoint(path) without a model to build it")
@@ -263,7 +238,7 @@ def save_adapters(path, model, tokenizer=None, extra=None):
                 "base_model_config": {**model.config, "lora": None},
                 "tokenizer": tokenizer.to_dict() if tokenizer is not None else None, "extra": extra or {}}
     arrays[METADATA_KEY] = np.array(json.dumps(metadata))
-    return _write_atomically(path, arrays)
+    return write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def load_adapters(path, model):
@@ -272,7 +247,7 @@ def load_adapters(path, model):
     gets them attached first; one with adapters must have the same lora setting. Returns the
     metadata dict (lora, base_model_config, tokenizer, extra)."""
     metadata, arrays = read_checkpoint(path, prefix="lora/", kind=ADAPTERS_KIND)
-    differences = _structure_differences(metadata["base_model_config"], model, ("vocab_size", *STRUCTURE_KEYS),
+    differences = _structure_differences(metadata["base_model_config"], model, SHAPE_KEYS,
                                          "adapters")
     if differences:
         raise ValueError(f"{path} was trained on a different base model: {', '.join(differences)}; load it into "

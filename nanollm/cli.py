@@ -218,9 +218,9 @@ def cmd_info(args):
     else:
         preset = args.preset or "nano"
         cfg = configuration.resolve(*layers, preset=preset, sources=sources)
-        from nanollm.launch import MODEL_ARGUMENTS
+        from nanollm.model_config import TRAINING_KEYS
 
-        model_config = {key: cfg[key] for key in ("vocab_size", *MODEL_ARGUMENTS)}
+        model_config = {key: cfg[key] for key in TRAINING_KEYS}
         if model_config["vocab_size"] is None:
             model_config["vocab_size"] = INFO_VOCAB_SIZE
         title = f"preset {preset}" + (f" + {', '.join(sources)}" if sources else "")

@@ -19,23 +19,14 @@ from pathlib import Path
 
 from nanollm import backends
 from nanollm.lora import TARGETS as LORA_TARGETS
-from nanollm.model import ARCHITECTURES, check_head_counts
+from nanollm import model_config
 from nanollm.optim import MUON_ADJUST_LR, OPTIMIZERS
 from nanollm.schedule import SCHEDULES
 
 DEFAULTS = {
-    # ---- model (nano-llm keys: when given, they are checked against the model) ----
-    "vocab_size": None,           # tokens in the vocabulary
-    "embedding_dim": None,        # channels C of the residual stream
-    "num_layers": None,           # transformer blocks
-    "ffn_hidden_dim": None,       # hidden width of the MLP (None: gpt2 4 * embedding_dim, llama 8/3 * embedding_dim)
-    "num_heads": None,            # attention heads
-    "num_kv_heads": None,         # key/value heads (< num_heads: grouped-query attention)
-    "architecture": None,         # gpt2 (layernorm, learned positions, GELU) or llama (RMSNorm, RoPE, SwiGLU); None: gpt2
-    "tie_embeddings": None,       # output layer shares wte (true) or has its own lm_head (false); None: true
-    "rope_base": None,            # llama: base of the rotary angles (None: 10000)
-    "max_seq_len": None,          # context length T of a training window (None: the model's)
-    "dropout": None,              # dropout probability in training (None: the model's; 0: off)
+    # ---- model: ModelConfig's fields (nanollm.model_config, where each is described); None
+    # takes the model's value, and a value given is checked against the model ----
+    **{key: None for key in model_config.TRAINING_KEYS},
     # ---- data ----
     "batch_size": 12,             # windows per micro-batch
     "val_fraction": 0.1,          # the last share of the tokens held out for validation (0: none)
@@ -103,18 +94,16 @@ ALIASES = {"max_steps": "num_steps"}
 # Types of the keys that may be None (when the default does not tell); int is accepted wherever
 # float is.
 OPTIONAL_TYPES = {
-    "eval_steps": int,
-    "vocab_size": int, "embedding_dim": int, "num_layers": int, "ffn_hidden_dim": int, "num_heads": int,
-    "num_kv_heads": int, "max_seq_len": int, "epochs": int, "decay_steps": int, "patience": int,
-    "checkpoint_dir": str, "resume_from": str, "init_from": str, "dropout": float, "dtype": str, "backend": str,
-    "no_decay": list, "architecture": str, "tie_embeddings": bool, "rope_base": float,
+    **model_config.TYPES,
+    "eval_steps": int, "epochs": int, "decay_steps": int, "patience": int,
+    "checkpoint_dir": str, "resume_from": str, "init_from": str, "dtype": str, "backend": str, "no_decay": list,
 }
-CHOICES = {"architecture": ARCHITECTURES, "optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64", "float16", "bfloat16"),
-           "backend": backends.names(), "muon_adjust_lr": MUON_ADJUST_LR}
+CHOICES = {"architecture": model_config.ARCHITECTURES, "optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES,
+           "dtype": model_config.DTYPES + model_config.HALF_DTYPES, "backend": backends.names(),
+           "muon_adjust_lr": MUON_ADJUST_LR}
 POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size", "sample_length",
-            "vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
-            "max_seq_len", "epochs", "patience", "eps", "rope_base", "lora_alpha", "muon_learning_rate", "muon_ns_steps")
-UNIT_INTERVAL = ("dropout", "lora_dropout", "val_fraction", "muon_momentum")  # in [0, 1)
+            "epochs", "patience", "eps", "lora_alpha", "muon_learning_rate", "muon_ns_steps")
+UNIT_INTERVAL = ("lora_dropout", "val_fraction", "muon_momentum")  # in [0, 1)
 NON_NEGATIVE = ("weight_decay", "max_grad_norm", "warmup_steps", "decay_steps", "min_learning_rate", "momentum",
                 "eval_interval", "checkpoint_interval", "lora_rank", "keep_last_n", "log_interval", "sample_interval",
                 "min_delta", "seed", "gamma", "power", "param_check_interval")
@@ -186,6 +175,11 @@ def _check_type(key, value, source):
 def _check_value(key, value, source):
     if value is None:
         return
+    if key in model_config.TRAINING_KEYS:  # the model's own ranges
+        try:
+            model_config.check_value(key, value)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
     if key in CHOICES and value not in CHOICES[key]:
         raise ValueError(f"{source}: {key}={value!r} is not one of {', '.join(CHOICES[key])}"
                          f"{_suggest(str(value), CHOICES[key])}")
@@ -227,7 +221,7 @@ def resolve(*overrides, preset=None, sources=None):
             value = _check_type(canonical, value, source)
             _check_value(canonical, value, source)
             cfg[canonical] = value
-    check_head_counts(cfg["embedding_dim"], cfg["num_heads"], cfg["num_kv_heads"])
+    model_config.check_head_counts(cfg["embedding_dim"], cfg["num_heads"], cfg["num_kv_heads"])
     if cfg["nesterov"] and cfg["momentum"] <= 0:
         raise ValueError("nesterov=True needs momentum > 0")
     return cfg
@@ -238,6 +232,8 @@ def describe_keys():
     place each key is documented (--help, TRAINING.md's reference)."""
     source = inspect.getsource(sys.modules[__name__])
     found = dict(re.findall(r'^\s+"(\w+)": .+?#\s*(.+?)\s*$', source, flags=re.M))
+    model_fields = model_config.describe_fields()  # the model keys: ModelConfig's comments
+    found.update({key: f"{model_fields[key]} (None: the model's)" for key in model_config.TRAINING_KEYS})
     return {key: found.get(key, "") for key in DEFAULTS}
 
 

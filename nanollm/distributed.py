@@ -6,13 +6,13 @@ training loop needs.
     comm.allreduce_sum(flat_grads)          # (n,) in place: every rank ends with the sum
 
 Every rank runs the same program on its own batches. After backward, each rank's gradients go
-into one flat buffer (GradientBuffer) and a single in-place Allreduce sums them, so every rank
-applies the same update to the same parameters. check_identical() verifies that now and then
+into one flat buffer (nanollm.step.GradientBuffer, the same one a single process fills) and a
+single in-place Allreduce sums them, so every rank applies the same update to the same
+parameters. check_identical() verifies that now and then
 (hashes of every parameter): ranks that drifted apart are an error, not a silent fork.
 
 A process started without a launcher gets SingleProcess, whose collectives do nothing: a
-single-process run needs no mpi4py (the [mpi] extra) and keeps its gradients as backward
-returns them, with no flat buffer to fill.
+single-process run needs no mpi4py (the [mpi] extra).
 """
 
 import hashlib
@@ -165,47 +165,6 @@ def check_identical(comm, params, step):
             raise RuntimeError(f"ranks disagree {when}: rank {rank}'s {differing[0]}{more} differ from rank 0's. "
                                "Every rank must build the model with the same seed and resume from the same "
                                "checkpoint; a drift during training is a bug: please report it")
-
-
-class GradientBuffer:
-    """One contiguous (n + 3,) array holding every trainable parameter's gradient, then the step's
-    summed loss, counted targets and windows, so one Allreduce carries all of it.
-
-    grads[name] are views into the buffer with the parameters' shapes: accumulate into them,
-    allreduce the buffer, and they hold the sum over every rank."""
-
-    EXTRAS = 3  # loss x targets, targets, windows: in the gradients' dtype (float32 counts exactly to 2**24 a step)
-
-    def __init__(self, params, xp=np):
-        first = next(iter(params.values()))
-        sizes = [p.size for p in params.values()]
-        self.flat = xp.zeros(sum(sizes) + self.EXTRAS, dtype=first.dtype)  # (n + 3,)
-        self.grads, offset = {}, 0
-        for (name, p), size in zip(params.items(), sizes):
-            self.grads[name] = self.flat[offset:offset + size].reshape(p.shape)
-            offset += size
-        self.gradient_bytes = offset * self.flat.itemsize
-
-    def zero(self):
-        self.flat.fill(0)
-
-    def add(self, grads, weight):
-        """grads[name] += weight * g for every gradient of one micro-batch."""
-        for name, g in grads.items():
-            view = self.grads[name]
-            view += g * weight if weight != 1 else g
-
-    def add_counts(self, loss_sum, targets, windows):
-        self.flat[-3] += loss_sum
-        self.flat[-2] += targets
-        self.flat[-1] += windows
-
-    def counts(self):
-        """(loss x targets, targets, windows) summed so far, as Python floats."""
-        return tuple(float(x) for x in backends.to_numpy(self.flat[-3:]))
-
-    def scale(self, factor):
-        self.flat[:-self.EXTRAS] *= factor
 
 
 @contextmanager

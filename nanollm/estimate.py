@@ -3,8 +3,8 @@
     info = describe_model(model.config, batch_size=12, seq_len=1024)    # a plain dict
     print(format_description(info))                                     # what `nanollm info` prints
 
-Nothing here allocates the model: shapes come from ``nanollm.model.parameter_shapes(config)``
-and FLOPs from ``nanollm.model.flops_per_token(config)``, so GPT-2 (124M parameters, 500 MB of
+Nothing here allocates the model: shapes come from ``nanollm.model_config.parameter_shapes(config)``
+and FLOPs from ``nanollm.model_config.flops_per_token(config)``, so GPT-2 (124M parameters, 500 MB of
 float32 weights) is described in milliseconds.
 
 The memory estimate counts what one training step keeps alive: the parameters, their gradients,
@@ -14,7 +14,7 @@ the optimizer's state and the activations the forward caches for the backward
 
 import math
 
-from nanollm.model import complete_model_config, flops_per_token, parameter_shapes
+from nanollm.model_config import complete_model_config, flops_per_token, parameter_shapes
 from nanollm.optim import uses_muon
 
 INDEX_BYTES = 8  # token ids and positions are int64 (nanollm.data builds int64 batches)

@@ -36,7 +36,7 @@ import numpy as np
 from nanollm import __version__, backends, distributed
 from nanollm.config import PRESETS, load_config_file, resolve
 from nanollm.corpus import synthetic_text
-from nanollm.launch import build_model
+from nanollm.model_config import build_training_model
 from nanollm.textfiles import read_text_file, write_json_atomically
 from nanollm.tokenizers import CharTokenizer
 from nanollm.train import train_with_config
@@ -184,7 +184,7 @@ def _comparable(cfg):
 
 
 def _build_model(cfg, vocab_size, varied):
-    model = build_model(cfg, vocab_size)
+    model = build_training_model(cfg, vocab_size)
     for key, value in varied.items():  # the grid value must be the model's, not dropped on the way
         if key in model.config and model.config[key] != value:
             raise RuntimeError(f"run asked for {key}={value} but the model was built with {model.config[key]}")

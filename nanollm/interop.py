@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nanollm.model import BLOCK_PARAMS, TransformerLanguageModel, parameter_shapes
+from nanollm.model import BLOCK_PARAMS, TransformerLanguageModel
+from nanollm.model_config import parameter_shapes
 from nanollm.ops.rope import ROPE_BASE
 from nanollm.textfiles import write_json_atomically
 

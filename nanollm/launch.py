@@ -27,17 +27,17 @@ from nanollm.corpus import synthetic_text
 from nanollm.prepare import load_prepared, prepare
 from nanollm.generate import generate_text
 from nanollm.lora import adapter_parameter_count, lora_setting
-from nanollm.model import TransformerLanguageModel, complete_model_config
+from nanollm.model import TransformerLanguageModel
+from nanollm.model_config import SHAPE_KEYS, build_training_model, complete_model_config, master_dtype
+from nanollm.run_state import prepare_checkpoint_dir, resuming_in_place
 from nanollm.textfiles import write_json_atomically
 from nanollm.tokenizers import CharTokenizer, tokenizer_from_dict
-from nanollm.train import check_checkpoint_dir, train_with_config
+from nanollm.train import load_initial_weights, run_training
 
 EMBEDDED_CORPUS_CHARS = 500_000  # the synthetic corpus (seed 0) a run without --data trains on
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 DEFAULT_PRESET = "nano"
-MODEL_ARGUMENTS = ("embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads", "max_seq_len",
-                   "architecture", "tie_embeddings", "rope_base", "dropout", "dtype")
 BPE_VOCAB_SIZE = 4096  # a BPE tokenizer's size when vocab_size is not set
 
 
@@ -100,10 +100,15 @@ def _prepared_from(folder, path):
     return meta.get("source") == str(path) and meta.get("source_bytes") == path.stat().st_size
 
 
-def build_model(cfg, vocab_size):
-    """A new model of the config's shape (keys left at None take the model's defaults)."""
-    kwargs = {key: cfg[key] for key in MODEL_ARGUMENTS if cfg[key] is not None}
-    return TransformerLanguageModel(vocab_size=vocab_size, seed=cfg["seed"], **kwargs)
+def model_from_checkpoint(metadata, cfg):
+    """A model of a checkpoint's shape (its saved model config) with the run's dtype and
+    dropout where the config sets them; its weights are loaded afterwards."""
+    settings = dict(metadata["model_config"])
+    if cfg["dropout"] is not None:
+        settings["dropout"] = cfg["dropout"]
+    if cfg["dtype"] is not None:
+        settings["dtype"] = master_dtype(cfg["dtype"])
+    return TransformerLanguageModel(**settings)
 
 
 def _read_run_file(folder):
@@ -123,13 +128,10 @@ def _resolve_resumed(checkpoint, metadata, overrides, sources, out):
     return resolve(*layers, sources=[f"config saved in {checkpoint}", *sources, "--resume"])
 
 
-SHAPE_KEYS = tuple(key for key in MODEL_ARGUMENTS if key not in ("dropout", "dtype"))  # what a checkpoint fixes
-
-
 def _fine_tuning_start(cfg, overrides, sources):
-    """--init_from: (model of the checkpoint's shape, its tokenizer). train_with_config loads the
-    weights; the data are encoded with the checkpoint's tokenizer; the preset gives the recipe
-    only, and a shape key given explicitly must agree with the checkpoint."""
+    """--init_from: (the checkpoint's model with its weights, its tokenizer). The data are
+    encoded with the checkpoint's tokenizer; the preset gives the recipe only, and a shape key
+    given explicitly must agree with the checkpoint."""
     checkpoint = find_checkpoint(cfg["init_from"])
     metadata = read_checkpoint_metadata(checkpoint)
     model_config = complete_model_config(metadata["model_config"])  # keys older checkpoints lack: defaults
@@ -138,7 +140,7 @@ def _fine_tuning_start(cfg, overrides, sources):
                          "trained; fine-tune from a checkpoint written by nanollm train")
     given = {}  # shape keys set by a config file or the command line, the last one winning
     for override, source in zip(overrides, sources):
-        for key in SHAPE_KEYS:
+        for key in SHAPE_KEYS[1:]:  # vocab_size is the tokenizer's
             value = override.get(key)
             if value is None:
                 continue
@@ -146,10 +148,12 @@ def _fine_tuning_start(cfg, overrides, sources):
                 raise ValueError(f"{source} sets {key}={value} but --init_from {checkpoint} has {key}="
                                  f"{model_config[key]}; a fine-tuned model keeps its checkpoint's shape")
             given[key] = value
-    for key in SHAPE_KEYS:
+    for key in SHAPE_KEYS[1:]:
         cfg[key] = given.get(key)  # None: the checkpoint's value
     cfg["init_from"] = str(checkpoint)
-    return TransformerLanguageModel(**model_config), tokenizer_from_dict(metadata["tokenizer"])
+    model, tokenizer = model_from_checkpoint(metadata, cfg), tokenizer_from_dict(metadata["tokenizer"])
+    load_initial_weights(model, checkpoint, tokenizer)
+    return model, tokenizer
 
 
 def launch_training(data=None, preset=None, overrides=(), sources=None, out=None, resume=None,
@@ -178,7 +182,7 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
         tokenizer = run_record.get("tokenizer", tokenizer)
         if metadata.get("tokenizer") is not None:
             saved_tokenizer = tokenizer_from_dict(metadata["tokenizer"])
-        model = TransformerLanguageModel(**metadata["model_config"])
+        model = model_from_checkpoint(metadata, cfg)
     else:
         preset = preset or DEFAULT_PRESET
         cfg = resolve(*overrides, preset=preset, sources=sources)
@@ -192,13 +196,11 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
     if data is not None:
         check_data_path(data)  # before the run folder is created
     out = Path(out)
-    resuming_here = resume is not None and Path(cfg["resume_from"]).resolve().parent == out.resolve()
 
     def prepare_folder():
-        check_checkpoint_dir(cfg, resuming_here)  # before data/ or run.json touch the folder
-        if cfg["overwrite"] and not resuming_here:
-            (out / RESULTS_FILE).unlink(missing_ok=True)  # train_with_config removes the old checkpoints
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_checkpoint_dir(cfg)  # before data/ or run.json touch the folder
+        if cfg["overwrite"] and not resuming_in_place(cfg):
+            (out / RESULTS_FILE).unlink(missing_ok=True)  # the old checkpoints went with prepare_checkpoint_dir
         return load_data(data, out, tokenizer, cfg["vocab_size"], cfg["val_fraction"], tokenizer=saved_tokenizer)
 
     loaded = distributed.root_only(comm, prepare_folder)  # rank 0 writes the token files ...
@@ -207,7 +209,7 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
                            cfg["vocab_size"], cfg["val_fraction"], tokenizer=saved_tokenizer)
     train, val, tok, description = loaded
     if model is None:
-        model = build_model(cfg, tok.vocab_size)
+        model = build_training_model(cfg, tok.vocab_size)
     if comm.is_root:
         write_json_atomically(out / RUN_FILE, {
             "data": None if data is None else str(Path(data).resolve()), "tokenizer": tokenizer,
@@ -227,7 +229,7 @@ def launch_training(data=None, preset=None, overrides=(), sources=None, out=None
     prompt = cfg["sample_prompt"]
     if resume is None and num_samples:
         echo(f"sample before training: {_sample(model, tok, prompt, 60, cfg['seed'])!r}")
-    results = train_with_config(model, train, cfg, val_tokens=val, tokenizer=tok, communicator=comm)
+    results = run_training(model, train, cfg, val_tokens=val, tokenizer=tok, communicator=comm)
     if not comm.is_root:
         return results
     summary = {key: value for key, value in results.items() if key != "history"}

@@ -14,16 +14,14 @@ Every step calls an op from ``nanollm.ops``; ``backward`` calls the same ops' ba
 functions in exactly the reverse order, so the two read as mirror images.
 """
 
-import inspect
 import math
 from contextlib import contextmanager
 
 import numpy as np
 
 from nanollm import backends
-from nanollm.lora import (
-    adapter_layout, adapter_names, adapter_shapes, check_lora_config, init_adapter, is_adapter, lora_scale,
-)
+from nanollm.lora import adapter_layout, adapter_names, adapter_shapes, init_adapter, is_adapter, lora_scale
+from nanollm.model_config import ModelConfig
 from nanollm.ops import (
     attention_backward, attention_forward,
     cross_entropy_backward, cross_entropy_forward,
@@ -37,11 +35,9 @@ from nanollm.ops.cross_entropy import IGNORE_INDEX
 from nanollm.ops.gelu import gelu_backward, gelu_forward
 from nanollm.ops.lora import lora_backward, lora_forward
 from nanollm.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
-from nanollm.ops.rope import ROPE_BASE, rope_tables
+from nanollm.ops.rope import rope_tables
 from nanollm.ops.swiglu import swiglu_backward, swiglu_forward
 
-ARCHITECTURES = ("gpt2", "llama")
-DTYPES = ("float32", "float64")
 INIT_STD = 0.02  # GPT-2's normal(0, 0.02) initialisation
 
 # Suffixes of the block parameters, in the order the block uses them.
@@ -68,137 +64,6 @@ def block_params(architecture):
     return LLAMA_BLOCK_PARAMS if architecture == "llama" else BLOCK_PARAMS
 
 
-def default_ffn_hidden_dim(embedding_dim, architecture):
-    """GPT-2: 4 C. Llama: 8C/3 rounded up to a multiple of 8, so that SwiGLU's three matrices
-    hold GPT-2's 8 C^2 parameters (Llama rounds to 256 at its sizes)."""
-    if architecture == "llama":
-        return 8 * math.ceil(embedding_dim / 3)  # = 8C/3 rounded up to a multiple of 8
-    return 4 * embedding_dim
-
-
-def _require_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_head_counts(embedding_dim, num_heads, num_kv_heads):
-    """Heads must split the width evenly, and key/value heads must split the heads evenly.
-    A None count is not checked (config files may leave it to the model's default)."""
-    if embedding_dim and num_heads and embedding_dim % num_heads:
-        raise ValueError(f"embedding_dim={embedding_dim} is not divisible by num_heads={num_heads}; "
-                         f"choose num_heads among the divisors of {embedding_dim}")
-    if num_heads and num_kv_heads and num_heads % num_kv_heads:
-        raise ValueError(f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}; "
-                         f"choose num_kv_heads among the divisors of {num_heads}")
-
-
-# ----------------------------------------------------------------------------- the config alone
-# Sizes and FLOPs come from the model-config dict (``model.config``), so tools such as
-# ``nanollm.estimate`` can describe a GPT-2-sized model without allocating its weights.
-
-MODEL_CONFIG_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads",
-                     "num_kv_heads", "max_seq_len", "dropout", "architecture", "tie_embeddings", "rope_base",
-                     "dtype", "lora")
-
-
-def complete_model_config(config):
-    """A model-config dict (``model.config``) completed and validated exactly as
-    ``TransformerLanguageModel(**config)`` does: a missing key takes the constructor's default,
-    ffn_hidden_dim None means default_ffn_hidden_dim() and num_kv_heads None means num_heads (any other
-    None is an error, as in the constructor: drop a resolved training config's None keys first).
-    vocab_size is required. Returns a new plain dict with every key of MODEL_CONFIG_KEYS."""
-    unknown = [key for key in config if key not in MODEL_CONFIG_KEYS]
-    if unknown:
-        raise ValueError(f"unknown model config keys {unknown}; a model config has only {MODEL_CONFIG_KEYS}")
-    if "vocab_size" not in config:
-        raise ValueError("a model config needs vocab_size (the tokenizer's vocabulary size)")
-    defaults = {name: parameter.default
-                for name, parameter in inspect.signature(TransformerLanguageModel.__init__).parameters.items()
-                if name in MODEL_CONFIG_KEYS}
-    cfg = {key: config.get(key, defaults.get(key)) for key in MODEL_CONFIG_KEYS}
-    if cfg["ffn_hidden_dim"] is None and isinstance(cfg["embedding_dim"], (int, np.integer)):
-        cfg["ffn_hidden_dim"] = default_ffn_hidden_dim(cfg["embedding_dim"], cfg["architecture"])
-    if cfg["num_kv_heads"] is None:
-        cfg["num_kv_heads"] = cfg["num_heads"]
-    for name in ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
-                 "max_seq_len"):
-        _require_int(name, cfg[name])
-    check_head_counts(cfg["embedding_dim"], cfg["num_heads"], cfg["num_kv_heads"])
-    dropout, architecture, dtype = cfg["dropout"], cfg["architecture"], cfg["dtype"]
-    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture={architecture!r} is not supported; choose one of {ARCHITECTURES}")
-    if str(dtype) not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {DTYPES}")
-    if not isinstance(cfg["tie_embeddings"], (bool, np.bool_)):
-        raise ValueError(f"tie_embeddings must be true or false, got {cfg['tie_embeddings']!r}")
-    rope_base = cfg["rope_base"]
-    if isinstance(rope_base, bool) or not isinstance(rope_base, (int, float)) or not 1.0 < rope_base < math.inf:
-        raise ValueError(f"rope_base must be a number > 1 (Llama uses 10000), got {rope_base!r}")
-    if architecture == "llama" and (cfg["embedding_dim"] // cfg["num_heads"]) % 2:
-        raise ValueError(f"architecture='llama' rotates channel pairs, so embedding_dim / num_heads must be even; "
-                         f"got {cfg['embedding_dim']} / {cfg['num_heads']} = {cfg['embedding_dim'] // cfg['num_heads']}")
-    return dict(vocab_size=int(cfg["vocab_size"]), embedding_dim=int(cfg["embedding_dim"]),
-                num_layers=int(cfg["num_layers"]), ffn_hidden_dim=int(cfg["ffn_hidden_dim"]),
-                num_heads=int(cfg["num_heads"]), num_kv_heads=int(cfg["num_kv_heads"]),
-                max_seq_len=int(cfg["max_seq_len"]), dropout=float(dropout),
-                architecture=architecture, tie_embeddings=bool(cfg["tie_embeddings"]),
-                rope_base=float(rope_base), dtype=str(dtype), lora=check_lora_config(cfg["lora"]))
-
-
-def parameter_shapes(config):
-    """The parameter table of a model config: name -> shape, in forward order.
-
-    config: a model-config dict (``model.config``; completed by ``complete_model_config``).
-    A tied output layer is wte itself and has no entry; an untied one is lm_head.weight (C, V).
-    With a lora setting, each block's adapters follow its weights (see nanollm.lora)."""
-    cfg = complete_model_config(config)
-    c, f, v = cfg["embedding_dim"], cfg["ffn_hidden_dim"], cfg["vocab_size"]
-    qkv = (cfg["num_heads"] + 2 * cfg["num_kv_heads"]) * (c // cfg["num_heads"])
-    if cfg["architecture"] == "llama":
-        shapes = {"wte": (v, c)}  # positions enter through the rotary embeddings
-        block = {"norm1.weight": (c,), "attn.qkv.weight": (c, qkv), "attn.proj.weight": (c, c),
-                 "norm2.weight": (c,), "mlp.gate.weight": (c, f), "mlp.up.weight": (c, f),
-                 "mlp.down.weight": (f, c)}
-        final = {"norm_f.weight": (c,)}
-    else:
-        shapes = {"wte": (v, c), "wpe": (cfg["max_seq_len"], c)}
-        block = {"ln1.weight": (c,), "ln1.bias": (c,),
-                 "attn.qkv.weight": (c, qkv), "attn.qkv.bias": (qkv,),
-                 "attn.proj.weight": (c, c), "attn.proj.bias": (c,),
-                 "ln2.weight": (c,), "ln2.bias": (c,),
-                 "mlp.fc.weight": (c, f), "mlp.fc.bias": (f,),
-                 "mlp.proj.weight": (f, c), "mlp.proj.bias": (c,)}
-        final = {"ln_f.weight": (c,), "ln_f.bias": (c,)}
-    block.update(adapter_shapes(cfg))
-    for layer in range(cfg["num_layers"]):
-        shapes.update({f"blocks.{layer}.{suffix}": shape for suffix, shape in block.items()})
-    shapes.update(final)
-    if not cfg["tie_embeddings"]:
-        shapes["lm_head.weight"] = (c, v)
-    return shapes
-
-
-def flops_per_token(config, seq_len=None, training=True):
-    """Matmul FLOPs per token of a model config as this code computes them (2 per multiply-add).
-
-    Per layer: qkv, attention projection and the MLP matmuls (two for GPT-2, three for
-    Llama's SwiGLU), plus q k^T and probs v over the full (masked) T x T square; then the
-    output layer. A train step does the forward once and the backward's two matmuls per
-    forward matmul: 3x the forward. seq_len defaults to max_seq_len.
-    """
-    cfg = complete_model_config(config)
-    t = cfg["max_seq_len"] if seq_len is None else seq_len
-    c, f, heads = cfg["embedding_dim"], cfg["ffn_hidden_dim"], cfg["num_heads"]
-    hd = c // heads
-    qkv = (heads + 2 * cfg["num_kv_heads"]) * hd
-    mlp_matrices = 3 if cfg["architecture"] == "llama" else 2
-    per_layer = 2 * (c * qkv + c * c + mlp_matrices * c * f) + 2 * 2 * heads * hd * t
-    forward = cfg["num_layers"] * per_layer + 2 * c * cfg["vocab_size"]
-    return 3 * forward if training else forward
-
-
 class TransformerLanguageModel:
     """A decoder-only transformer language model, GPT-2 or Llama style, NumPy arrays throughout.
 
@@ -211,22 +76,17 @@ class TransformerLanguageModel:
     matrix of its own, lm_head.weight (False).
     """
 
-    def __init__(self, vocab_size, embedding_dim=128, num_layers=4, ffn_hidden_dim=None,
-                 num_heads=4, num_kv_heads=None, max_seq_len=256, dropout=0.0,
-                 architecture="gpt2", tie_embeddings=True, rope_base=ROPE_BASE, dtype="float32", lora=None,
-                 seed=None):
-        self.config = complete_model_config(dict(
-            vocab_size=vocab_size, embedding_dim=embedding_dim, num_layers=num_layers,
-            ffn_hidden_dim=ffn_hidden_dim, num_heads=num_heads, num_kv_heads=num_kv_heads,
-            max_seq_len=max_seq_len, dropout=dropout, architecture=architecture,
-            tie_embeddings=tie_embeddings, rope_base=rope_base, dtype=dtype, lora=lora))
+    def __init__(self, vocab_size=None, *, seed=None, **settings):
+        """settings: the fields of nanollm.model_config.ModelConfig (embedding_dim, num_layers,
+        ...); a missing one takes its default there. seed fixes the initial weights (None:
+        drawn from NumPy's global generator, so set_seed() governs it)."""
+        self.config = ModelConfig.from_dict({"vocab_size": vocab_size, **settings}).to_dict()
         for key, value in self.config.items():
             setattr(self, key, value)
         self.head_dim = self.embedding_dim // self.num_heads
         self.norm_names = NORM_NAMES[self.architecture]  # prefixes of the block's two norms and the final one
         self._rope_tables = {}  # (dtype, array module) -> (cos, sin), (max_seq_len, hd/2) each
         self.training = True
-        # seed=None draws the seed from NumPy's global generator, so set_seed() governs it.
         seed = int(np.random.randint(2**31 - 1)) if seed is None else seed
         init_rng, dropout_seed = np.random.default_rng(seed), seed + 1
         self.dropout_rng = np.random.default_rng(dropout_seed)
@@ -252,8 +112,8 @@ class TransformerLanguageModel:
     # ----------------------------------------------------------------------------- parameters
 
     def parameter_shapes(self):
-        """The parameter table: name -> shape, in forward order (``parameter_shapes(config)``)."""
-        return parameter_shapes(self.config)
+        """The parameter table: name -> shape, in forward order (``ModelConfig.parameter_shapes``)."""
+        return ModelConfig.from_dict(self.config).parameter_shapes()
 
     def _init_params(self, rng, adapter_rng):
         """normal(0, 0.02) weights and embeddings, residual projections scaled by 1/sqrt(2 L),
@@ -281,8 +141,8 @@ class TransformerLanguageModel:
         at zero, so the logits do not change until the adapters train."""
         if self.lora is not None:
             raise ValueError(f"the model has LoRA adapters already ({self.lora}); merge_lora() them first")
-        self.config = complete_model_config({**self.config, "lora": dict(rank=rank, alpha=alpha, dropout=dropout,
-                                                                          targets=list(targets))})
+        self.config = ModelConfig.from_dict({**self.config, "lora": dict(rank=rank, alpha=alpha, dropout=dropout,
+                                                                          targets=list(targets))}).to_dict()
         rng, existing = np.random.default_rng(seed), self.params
         xp = backends.array_module(existing["wte"])
         self.params = {name: existing[name] if name in existing
@@ -305,7 +165,7 @@ class TransformerLanguageModel:
                     delta = self.params[prefix + a_name] @ self.params[prefix + b_name]  # (C_in, C_out)
                     self.params[prefix + matrix + ".weight"][:, columns] += scale * delta
         self.params = {name: p for name, p in self.params.items() if not is_adapter(name)}
-        self.config = complete_model_config({**self.config, "lora": None})
+        self.config = ModelConfig.from_dict({**self.config, "lora": None}).to_dict()
         self._update_layout()
         return self
 
@@ -325,9 +185,9 @@ class TransformerLanguageModel:
     def flops_per_token(self, seq_len=None, training=True):
         """Matmul FLOPs per token as this code computes them (2 per multiply-add).
 
-        See ``flops_per_token(config, seq_len, training)``, which computes it.
+        See ``ModelConfig.flops_per_token``, which computes it.
         """
-        return flops_per_token(self.config, seq_len, training)
+        return ModelConfig.from_dict(self.config).flops_per_token(seq_len, training)
 
     def train(self):
         """Training mode: dropout is active."""

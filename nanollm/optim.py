@@ -58,16 +58,22 @@ def adam_update(param, grad, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
     backends.current().adamw_step(param, grad, state["m"], state["v"], lr, beta1, beta2, eps, 0.0, state["step"])
 
 
-def adamw_update(param, grad, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+def adamw_update(param, grad, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, grad_scale=None):
     """AdamW (Loshchilov & Hutter), as torch.optim.AdamW: decoupled decay, then the Adam step.
 
     param -= lr * weight_decay * param
     m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g^2
     param -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
-    """
-    state["step"] += 1
-    backends.current().adamw_step(param, grad, state["m"], state["v"], lr, beta1, beta2, eps, weight_decay,
-                                  state["step"])
+
+    grad_scale (training passes it; None: 1) is a 0-d array on param's device: g = grad *
+    grad_scale (the clip factor, over float16's loss scale), and 0 skips the step, leaving
+    param, m, v and the step count t as they were. Nothing here reads the device, so a GPU
+    loop never waits for the host (the fused adamw_step_scaled primitive does the work)."""
+    if grad_scale is None:
+        grad_scale = backends.array_module(param).asarray(1, dtype=param.dtype)
+    state["step"] = state["step"] + (grad_scale != 0)  # t: a 0-d device integer during training
+    backends.current().adamw_step_scaled(param, grad, state["m"], state["v"], lr, beta1, beta2, eps, weight_decay,
+                                         state["step"], grad_scale)
 
 
 adamw_init = adam_init
@@ -211,14 +217,17 @@ def muon_update(param, grad, state, lr, momentum=0.95, nesterov=True, ns_steps=5
 
 
 class Optimizer(NamedTuple):
+    """An update rule: init(param) -> state; update(param, grad, state, lr, weight_decay, **hyper).
+    scales_on_device: update also takes grad_scale (see adamw_update) and never reads the device."""
     init: Callable
     update: Callable
+    scales_on_device: bool = False
 
 
 OPTIMIZERS = {
     "sgd": Optimizer(sgd_init, sgd_update),
     "adam": Optimizer(adam_init, adam_update),
-    "adamw": Optimizer(adamw_init, adamw_update),
+    "adamw": Optimizer(adamw_init, adamw_update, scales_on_device=True),
     "lion": Optimizer(lion_init, lion_update),
     "muon": Optimizer(muon_init, muon_update),  # 2-D matrices only; in a config: AdamW for the rest
 }
@@ -289,13 +298,32 @@ def clip_coefficient(norm, max_norm, xp):
 
 
 def clip_grad_norm(grads, max_norm):
-    """Scale every gradient in place so their global norm is at most max_norm (0 or None: off).
+    """Scale every gradient in place so their global norm is at most max_norm (0 or None: off),
+    by clip_coefficient, the factor training folds into its grad_scale.
 
     Returns the norm before clipping, as torch.nn.utils.clip_grad_norm_ does. A NaN or Inf norm
     leaves the gradients as they are, for the caller to stop on."""
     norm = global_grad_norm(grads)
-    if max_norm and math.isfinite(norm) and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for g in grads.values():
-            g *= scale
+    if math.isfinite(norm):
+        scale = clip_coefficient(norm, max_norm, backends.array_module(norm))
+        if scale != 1:
+            for g in grads.values():
+                g *= scale.astype(g.dtype)
     return norm
+
+
+def apply_update(rule, param, grad, state, lr, weight_decay, grad_scale):
+    """One parameter's update by its Rule in training, on grad * grad_scale (0-d, on the
+    parameters' device; 0: skip this step). A rule that scales on the device takes grad_scale
+    itself; for the others the host reads it (training reads its guard every step for them)."""
+    lr = lr * rule.lr_factor
+    if rule.optimizer.scales_on_device:
+        rule.optimizer.update(param, grad, state, lr=lr, weight_decay=weight_decay, grad_scale=grad_scale,
+                              **rule.hyper)
+        return
+    scale = float(grad_scale)
+    if scale == 0:
+        return
+    grad = grad.astype(param.dtype, copy=False)
+    rule.optimizer.update(param, grad if scale == 1 else grad * grad_scale, state, lr=lr,
+                          weight_decay=weight_decay, **rule.hyper)

@@ -10,6 +10,7 @@ in pieces cut at line ends, so a corpus larger than RAM is never held whole.
 import codecs
 import json
 import os
+from pathlib import Path
 
 CHUNK_BYTES = 16 * 1024 * 1024
 UTF8_BOM = codecs.BOM_UTF8
@@ -83,24 +84,38 @@ def iter_text_chunks(path, chunk_bytes=CHUNK_BYTES):
             line += piece.count(b"\n")
 
 
+def write_atomically(path, write):
+    """The one atomic writer: ``write(f)`` fills a temporary file beside ``path`` (opened
+    "wb"), which is fsynced and renamed over ``path``, and the rename made durable: a crash
+    (even SIGKILL) leaves the old file or the new one, never half of one. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:  # open(), not mkstemp: the file gets the umask's usual permissions
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    return path
+
+
 def write_json_atomically(path, data, indent=None):
-    """Write ``data`` as UTF-8 JSON to a temporary file beside ``path``, then rename it over
-    ``path``: a crash leaves the old file or the new one, never half of one."""
+    """Write ``data`` as UTF-8 JSON to ``path`` atomically (write_atomically). Returns the path
+    as given."""
     text = json.dumps(data, ensure_ascii=False, indent=indent)
     try:
         payload = text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates (a char vocabulary built on such text): escape them
         payload = json.dumps(data, indent=indent).encode("ascii")
-    path = os.fspath(path)
-    temporary = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as f:  # open(), not mkstemp: the file gets the umask's usual permissions
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    write_atomically(path, lambda f: f.write(payload))
     return path

@@ -9,7 +9,7 @@ from nanollm.optim import OPTIMIZERS
 
 
 def tiny_model(seed=0, vocab_size=11, embedding_dim=16, dtype="float32"):
-    return TransformerLanguageModel(vocab_size, embedding_dim, num_layers=1, num_heads=2, max_seq_len=8,
+    return TransformerLanguageModel(vocab_size, embedding_dim=embedding_dim, num_layers=1, num_heads=2, max_seq_len=8,
                                     dtype=dtype, seed=seed)
 
 

@@ -3,8 +3,8 @@
 On a GPU the loop reads nothing from the device between log steps: the loss, the gradient
 norm, the clip factor and the divergence guard stay device scalars, AdamW reads its grad_scale
 and step count through pointers, and a non-finite step is skipped on the device (see
-_TrainingRun.guard). On the CPU the host reads them every step because that is free. These
-tests make a CPU run take the GPU's path (read_every_step off) and check that it trains to the
+TrainingStep.guard). On the CPU the host reads them every step because that is free. These
+tests make a CPU run take the GPU's path (reads_every_step off) and check that it trains to the
 same bits, reads the host only at the steps that need it, and stops on divergence with the
 last good weights."""
 
@@ -35,19 +35,19 @@ class GpuPath:
 
 @pytest.fixture()
 def gpu_path(monkeypatch):
-    original_init, original_read = train_module._TrainingRun.__init__, train_module._TrainingRun.read_guard
+    original_init, original_read = train_module.Trainer.__init__, train_module.Trainer.read_guard
     path = GpuPath()
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        self.read_every_step = not path.on
+        self.step.reads_every_step = not path.on
 
     def read_guard(self, step):
         path.reads.append(step + 1)
         return original_read(self, step)
 
-    monkeypatch.setattr(train_module._TrainingRun, "__init__", init)
-    monkeypatch.setattr(train_module._TrainingRun, "read_guard", read_guard)
+    monkeypatch.setattr(train_module.Trainer, "__init__", init)
+    monkeypatch.setattr(train_module.Trainer, "read_guard", read_guard)
     return path
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nanollm import TransformerLanguageModel, distributed, mpi_launch, train_with_config
+from nanollm.step import GradientBuffer
 
 LAUNCHER_VARIABLES = [name for names in mpi_launch.LAUNCHERS for name in names] + [mpi_launch.SWITCH]
 
@@ -69,17 +70,19 @@ def test_rank_zero_draws_what_a_single_process_draws_and_other_ranks_their_own_s
 
 def test_the_gradient_buffer_is_one_array_whose_views_have_the_parameters_shapes():
     params = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.float32)}
-    buffer = distributed.GradientBuffer(params)
+    buffer = GradientBuffer(params)
     assert buffer.flat.shape == (10 + 3,) and buffer.gradient_bytes == 40
-    buffer.add({"a": np.ones((2, 3), np.float32), "b": np.arange(4, dtype=np.float32)}, 2)
-    buffer.add_counts(3.0, 6, 2)
+    buffer.flat[:] = 7  # the first micro-batch overwrites whatever the last step left
+    buffer.zero_counts()
+    buffer.add({"a": np.ones((2, 3), np.float32), "b": np.arange(4, dtype=np.float32)}, 2, first=True)
+    buffer.add_counts(np.float32(3.0), 2, 2)
+    buffer.add({"a": np.ones((2, 3), np.float16), "b": np.full(4, 60000, np.float16)}, 2)  # widened, no overflow
+    buffer.add_counts(np.float16(0.0), 2, 1)
     assert np.shares_memory(buffer.grads["a"], buffer.flat)
-    np.testing.assert_array_equal(buffer.flat[:10], [2] * 6 + [0, 2, 4, 6])
-    buffer.scale(0.5)
-    np.testing.assert_array_equal(buffer.grads["b"], [0, 1, 2, 3])
-    assert buffer.counts() == (3.0, 6.0, 2.0)  # loss x targets, targets, windows: not scaled
-    buffer.zero()
-    assert not buffer.flat.any()
+    np.testing.assert_array_equal(buffer.flat[:10], [4] * 6 + [120000, 120002, 120004, 120006])
+    assert buffer.counts() == (6.0, 4.0, 3.0)  # loss x targets, targets, windows
+    assert buffer.mean() == 1.5  # the loss's mean over the 4 counted targets, and the gradients' too
+    np.testing.assert_array_equal(buffer.grads["a"], np.ones((2, 3)))
 
 
 class FakeRanks:

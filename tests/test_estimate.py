@@ -12,7 +12,8 @@ from nanollm import backends, optim
 from nanollm.config import PRESETS
 from nanollm.estimate import (activation_terms, describe_model, format_description,
                               optimizer_state_per_element)
-from nanollm.model import TransformerLanguageModel, complete_model_config, flops_per_token, parameter_shapes
+from nanollm.model import TransformerLanguageModel
+from nanollm.model_config import complete_model_config, flops_per_token, parameter_shapes
 
 GPT2 = {key: PRESETS["gpt2-124m"][key] for key in ("vocab_size", "embedding_dim", "num_layers", "num_heads",
                                                    "ffn_hidden_dim", "max_seq_len", "dropout")}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nanollm import GPT, load_checkpoint, train_with_config
-from nanollm.model import default_ffn_hidden_dim, flops_per_token, parameter_shapes
+from nanollm.model_config import default_ffn_hidden_dim, flops_per_token, parameter_shapes
 from nanollm.ops import rope_forward, rope_tables
 
 TINY_LLAMA = dict(vocab_size=7, embedding_dim=8, num_layers=2, ffn_hidden_dim=12, num_heads=4, max_seq_len=5,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nanollm import TransformerLanguageModel, train_with_config
-from nanollm import train as train_module
+from nanollm import step as step_module
 from nanollm.precision import LossScaler, compute_dtype
 
 
@@ -38,7 +38,7 @@ def test_float16_trains_float32_master_weights_close_to_a_float32_run(ids_and_vo
 
 def test_an_overflowing_loss_scale_skips_the_step_and_halves(ids_and_vocab, monkeypatch):
     ids, vocab = ids_and_vocab
-    monkeypatch.setattr(train_module, "LossScaler", functools.partial(LossScaler, scale=2.0**40))
+    monkeypatch.setattr(step_module, "LossScaler", functools.partial(LossScaler, scale=2.0**40))
     model = tiny_model(vocab)
     before = {name: p.copy() for name, p in model.params.items()}
     results = train_with_config(model, ids, {**CFG, "dtype": "float16", "num_steps": 3, "log_interval": 1})
@@ -63,7 +63,7 @@ def test_a_resumed_float16_run_ends_bit_for_bit_where_an_uninterrupted_one_does(
     ids, vocab = ids_and_vocab
     # a scale that overflows once at the start, then grows back every 2 good steps: the
     # checkpoint must carry the scale and its counter for the resumed run to match
-    monkeypatch.setattr(train_module, "LossScaler", functools.partial(LossScaler, scale=2.0**24, growth_interval=2))
+    monkeypatch.setattr(step_module, "LossScaler", functools.partial(LossScaler, scale=2.0**24, growth_interval=2))
     cfg = {**CFG, "dtype": "float16", "num_steps": 8, "checkpoint_interval": 3, "log_interval": 1}
     whole = tiny_model(vocab)
     uninterrupted = train_with_config(whole, ids, {**cfg, "checkpoint_dir": str(tmp_path / "whole")})

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from nanollm import CharTokenizer, TransformerLanguageModel, generate_text, load_checkpoint, train_with_config
-from nanollm import train as train_module
 from nanollm.data import EpochOrder, windows_at
 from nanollm.checkpoint import read_checkpoint_metadata
 from nanollm.metrics import plot_metrics, read_metrics
+from nanollm.step import TrainingStep
 from nanollm.optim import decays
 from nanollm.train import evaluate_loss
 
@@ -124,15 +124,15 @@ def test_weight_decay_reaches_only_the_chosen_parameters_in_training(ids, text_a
 
 
 def _crash_at_step(monkeypatch, crash_step):
-    """Make the optimizer update of 1-based step ``crash_step`` raise, as a killed process would."""
-    original = train_module._TrainingRun.update
+    """Make 1-based step ``crash_step`` raise before it updates anything, as a killed process would."""
+    original = TrainingStep.__call__
 
-    def update(self, grads, lr, grad_scale):
-        if self.step + 1 == crash_step:
+    def step(self, index, batches, lr):
+        if index + 1 == crash_step:
             raise KeyboardInterrupt(f"killed at step {crash_step}")
-        original(self, grads, lr, grad_scale)
+        return original(self, index, batches, lr)
 
-    monkeypatch.setattr(train_module._TrainingRun, "update", update)
+    monkeypatch.setattr(TrainingStep, "__call__", step)
 
 
 @pytest.mark.parametrize("mode", [

@@ -28,8 +28,8 @@ import numpy as np
 
 from nanollm import backends
 from nanollm.backends import auto, numpy_ref
-from nanollm.model import TransformerLanguageModel
-from nanollm.model import flops_per_token as model_flops_per_token
+from nanollm.model_config import KEYS as MODEL_KEYS
+from nanollm.model_config import ModelConfig, build_model
 from nanollm.train import train_with_config
 
 # The two configs the kernels issue measures against PyTorch, plus a tiny one for --quick.
@@ -41,13 +41,17 @@ CONFIGS = {
     "tiny": {"vocab_size": 65, "embedding_dim": 32, "num_layers": 2, "num_heads": 2, "ffn_hidden_dim": 128,
              "max_seq_len": 16, "batch_size": 4},
 }
-MODEL_KEYS = ("vocab_size", "embedding_dim", "num_layers", "num_heads", "ffn_hidden_dim", "max_seq_len")
 PYTORCH_HINT = "PyTorch not installed (optional: pip install torch==2.13.0)"
 
 
-def build_model(cfg):
+def model_settings(cfg):
+    """The model's settings in one of CONFIGS (ModelConfig's fields; batch_size is the run's)."""
+    return {key: value for key, value in cfg.items() if key in MODEL_KEYS}
+
+
+def bench_model(cfg):
     """nanollm's model for one of CONFIGS, with fixed weights."""
-    return TransformerLanguageModel(**{k: cfg[k] for k in MODEL_KEYS}, seed=0)
+    return build_model(model_settings(cfg), seed=0)
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -92,7 +96,6 @@ def primitive_cases(cfg, dtype=np.float32):
     _out, mean, rstd = numpy_ref.layernorm_forward(x, w, bias, 1e-5)
     scores = normal(b, h, t, t)
     probs = numpy_ref.causal_softmax_forward(scores, 0.125)
-    rows = normal(n, t)
     logits, targets = normal(n, v), rng.integers(0, v, size=n)
     lse = numpy_ref.cross_entropy_forward(logits, targets, -100)[1]
     hidden = normal(b, t, f)
@@ -145,7 +148,7 @@ def time_primitives(names, cfg, repeat):
 
 def train_step_timing(backend, cfg, steps, warmup=2):
     """Time train_with_config's own loop: {ms_per_step, tokens_per_second, first_step_seconds}."""
-    model = build_model(cfg)
+    model = bench_model(cfg)
     tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], size=50_000)
     run_cfg = {"num_steps": warmup + steps, "batch_size": cfg["batch_size"], "val_fraction": 0.0, "eval_interval": 0,
                "log_interval": 1, "backend": backend, "seed": 0}
@@ -166,7 +169,7 @@ def torch_step_timing(cfg, steps, warmup=2):
     except ImportError:
         return None
     torch.manual_seed(0)
-    model = TorchGPT(**{k: cfg[k] for k in MODEL_KEYS})
+    model = TorchGPT(**model_settings(cfg))
     optimizer = adamw_for(model)
     data = torch.randint(0, cfg["vocab_size"], (50_000,))
     b, t = cfg["batch_size"], cfg["max_seq_len"]
@@ -339,7 +342,7 @@ def main(argv=None, args=None):
     for config_name in args.configs:
         cfg = CONFIGS[config_name]
         steps = steps_for(args, config_name)
-        flops_per_token = model_flops_per_token({k: cfg[k] for k in MODEL_KEYS})  # from the config: no weights
+        flops_per_token = ModelConfig.from_dict(model_settings(cfg)).flops_per_token()  # from the config: no weights
         figures = {name: train_step_timing(name, cfg, steps) for name in args.backends}
         torch_figures = None if args.no_torch else torch_step_timing(cfg, steps)
         if torch_figures is not None:

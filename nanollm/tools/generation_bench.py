@@ -18,7 +18,7 @@ import numpy as np
 from nanollm.checkpoint import load_checkpoint
 from nanollm.config import PRESETS, resolve
 from nanollm.generate import generate_ids
-from nanollm.launch import build_model
+from nanollm.model_config import build_training_model
 
 
 def timed_generation(model, prompt, new_tokens, use_cache):
@@ -61,7 +61,7 @@ def main(argv=None):
         models = [(model.architecture, model)]
     else:
         context = args.prompt_tokens + args.new_tokens  # the whole text fits: the cache never fills
-        models = [(arch, build_model(resolve({"max_seq_len": context, "architecture": arch, "seed": 0},
+        models = [(arch, build_training_model(resolve({"max_seq_len": context, "architecture": arch, "seed": 0},
                                              preset=args.preset), args.vocab_size))
                   for arch in args.architecture]
     print(f"greedy generation of {args.new_tokens} tokens after a {len(prompt)}-token prompt, float32, "

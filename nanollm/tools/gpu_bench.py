@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from nanollm import backends
-from nanollm.tools.bench import MODEL_KEYS, PYTORCH_HINT, build_model, print_table
+from nanollm.tools.bench import PYTORCH_HINT, bench_model, model_settings, print_table
 from nanollm.train import train_with_config
 
 CONFIGS = {
@@ -44,7 +44,7 @@ def nanollm_timing(cfg, dtype, steps, warmup):
     run = {"batch_size": cfg["batch_size"], "val_fraction": 0.0, "eval_interval": 0, "log_interval": 0,
            "dtype": dtype, "seed": 0, "learning_rate": 1e-3, "max_grad_norm": 1.0, "weight_decay": 0.1,
            "betas": (0.9, 0.99)}
-    model = build_model(cfg)
+    model = bench_model(cfg)
     with contextlib.redirect_stdout(io.StringIO()):
         train_with_config(model, tokens, {**run, "num_steps": warmup})
         results = train_with_config(model, tokens, {**run, "num_steps": steps})
@@ -62,7 +62,7 @@ def torch_timing(cfg, dtype, steps, warmup, device):
     except ImportError:
         return None
     torch.manual_seed(0)
-    model = TorchGPT(**{k: cfg[k] for k in MODEL_KEYS}).to(device)
+    model = TorchGPT(**model_settings(cfg)).to(device)
     optimizer = adamw_for(model)
     half = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")

@@ -36,8 +36,9 @@ import numpy as np
 from nanollm import distributed, mpi_launch
 from nanollm.config import PRESETS, resolve
 from nanollm.corpus import synthetic_text
-from nanollm.launch import build_model
+from nanollm.model_config import build_training_model
 from nanollm.textfiles import read_text_file
+from nanollm.step import GradientBuffer
 from nanollm.tokenizers import CharTokenizer
 from nanollm.train import train_with_config
 
@@ -62,11 +63,11 @@ def worker(args):
     ids = np.asarray(tokenizer.encode(text), dtype=np.int32)
     cfg = resolve({"batch_size": args.batch_size, "log_interval": 0, "eval_interval": 0, "val_fraction": 0.0,
                    "param_check_interval": 0, "sample_interval": 0}, preset=args.preset)
-    model = build_model(cfg, tokenizer.vocab_size)
+    model = build_training_model(cfg, tokenizer.vocab_size)
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the training's own log lines
         train_with_config(model, ids, dict(cfg, num_steps=WARMUP_STEPS), communicator=comm)
         results = train_with_config(model, ids, dict(cfg, num_steps=args.steps), communicator=comm)
-    gradients = distributed.GradientBuffer(model.params)
+    gradients = GradientBuffer(model.params)
     comm.barrier()
     start = time.perf_counter()
     for _ in range(10):  # the exchange alone, every rank ready: no waiting for a slower one

@@ -1,0 +1,203 @@
+"""One optimizer step, the same code for one process or N ranks and for every dtype:
+
+    micro-batches  forward and backward each (half precision: a half copy of the weights
+                   computes and float16 scales its loss); each gradient, times the micro-batch's
+                   counted targets, is added into one flat gradient buffer in the weights' dtype
+    ranks          one Allreduce sums every rank's buffer (alone: nothing to do)
+    mean           the buffer over the step's counted targets: the gradient of one big batch
+    guard          a NaN/Inf loss or gradient norm (or a float16 overflow) makes the update a
+                   no-op, decided on the device
+    clip           the global norm to max_grad_norm, folded with 1/loss-scale into grad_scale
+    update         every parameter's rule through optim.apply_update(..., grad_scale)
+
+    step = TrainingStep(model, cfg, comm)
+    loss, grad_norm, windows = step(index, batches, lr)     # device scalars, no host read
+
+Nothing here reads the device unless an update rule needs it (``reads_every_step``), so a GPU
+never waits for the host; the trainer reads the guard (``read_guard``) when it needs figures.
+The post-training trainers reuse this class with a loss of their own (``loss_and_backward``).
+"""
+
+import time
+from contextlib import nullcontext
+
+import numpy as np
+
+from nanollm import backends, distributed
+from nanollm.ops.cross_entropy import IGNORE_INDEX
+from nanollm.optim import apply_update, clip_coefficient, decays, global_grad_norm, rule_for
+from nanollm.precision import HALF_DTYPES, LossScaler, compute_dtype, computing_in
+
+
+class TrainingStep:
+    """The optimizer state, the gradient buffer and the device-side guard of one training run."""
+
+    def __init__(self, model, cfg, comm=None):
+        self.model, self.cfg = model, cfg
+        self.comm = comm or distributed.SingleProcess()
+        xp = self.xp = backends.array_module(model.params["wte"])
+        trainable = {name: model.params[name] for name in model.trainable}  # with LoRA: the adapters alone
+        # per parameter: update rule, its settings and lr factor (optimizer="muon": Muon or AdamW)
+        self.rules = {name: rule_for(name, p, cfg) for name, p in trainable.items()}
+        self.states = {name: self.rules[name].optimizer.init(p) for name, p in trainable.items()}
+        self.decay = {name: decays(name, p, cfg["no_decay"]) for name, p in trainable.items()}
+        self.buffer = GradientBuffer(trainable, xp)  # in the master weights' dtype
+        # Mixed precision: a half-precision copy of the weights computes; float16 scales its loss.
+        self.half = compute_dtype(cfg["dtype"]) if cfg["dtype"] in HALF_DTYPES else None
+        self.scaler = LossScaler(xp) if cfg["dtype"] == "float16" else None
+        # The host reads the guard every step where that is free (host arrays) or where an
+        # update rule needs grad_scale on the host; else only when the trainer needs figures.
+        on_device = all(rule.optimizer.scales_on_device for rule in self.rules.values())
+        self.reads_every_step = xp is np or not on_device
+        self.skipped_steps = xp.asarray(0, dtype=xp.int64)  # float16 overflows skipped
+        self.diverged_at = xp.asarray(-1, dtype=xp.int64)   # 0-based step of the first non-finite loss or norm
+        self.diverged_values = xp.zeros(2, dtype=xp.float64)  # that step's loss and gradient norm
+        self.last_good_values = xp.zeros(2, dtype=xp.float64)  # the loss and norm of the last step before it
+        self.communication_seconds = 0.0  # spent in the gradient Allreduce, waiting for other ranks included
+
+    def __call__(self, index, batches, lr):
+        """Train on ``batches`` [(inputs, targets), ...] (host ids, (b, T) each) as 0-based step
+        ``index`` at learning rate lr: (loss, gradient norm, windows of every rank)."""
+        loss, grads, windows = self.accumulate(batches, self.loss_and_backward)
+        grad_norm, grad_scale = self.guard(index, loss, grads)
+        self.update(grads, lr, grad_scale)
+        return loss, grad_norm, windows
+
+    def loss_and_backward(self, inputs, targets, dloss):
+        """The supervised micro-batch: (mean loss over counted targets, gradients of dloss x it)."""
+        _, loss = self.model.forward(inputs, targets)
+        return loss, self.model.backward(dloss=dloss)
+
+    def accumulate(self, batches, loss_and_backward):
+        """(loss, gradients, windows) of the step over every rank's micro-batches, averaged over
+        every counted target: each micro-batch's mean loss and gradient count for its counted
+        targets (a smaller last micro-batch, or one with more masked prompt tokens, counts for
+        less), so accumulation and ranks equal one big batch. loss and the gradients (views into
+        the buffer) stay on the device; float16's gradients are still scaled by its loss scale."""
+        buffer = self.buffer
+        buffer.zero_counts()
+        dloss = 1.0 if self.scaler is None else self.scaler.scale  # float16: the scaled loss's gradient
+        # float16 overflows are expected and handled by the scaler: no NumPy warnings for them
+        quiet = np.errstate(over="ignore", invalid="ignore") if self.scaler is not None else nullcontext()
+        # mixed precision: the half-precision weights are cast once per step, shared by its micro-batches
+        with computing_in(self.model, self.half), quiet:
+            for number, (inputs, targets) in enumerate(batches):
+                counted = int((targets != IGNORE_INDEX).sum())  # host ids: no device read
+                loss, grads = loss_and_backward(inputs, targets, dloss)
+                buffer.add(grads, counted, first=number == 0)
+                buffer.add_counts(loss, counted, len(inputs))
+                del grads  # freed before the next micro-batch's backward allocates its own
+        windows = sum(len(inputs) for inputs, _ in batches)
+        if self.comm.size > 1:
+            tick = time.perf_counter()
+            self.comm.allreduce_sum(buffer.flat)
+            self.communication_seconds += time.perf_counter() - tick
+            windows = int(buffer.counts()[2])
+        return buffer.mean(), buffer.grads, windows
+
+    def guard(self, index, loss, grads):
+        """(gradient norm, grad_scale) of 0-based step ``index``, device scalars, no host read.
+
+        grad_scale is what the update multiplies the gradients by: the clip factor (times 1/S
+        under float16's loss scale S), or 0 when the step must not update anything: a
+        non-finite loss or gradient norm (divergence: diverged_at records the first such step
+        and every later step is skipped too, so the weights stay the last good ones until the
+        host reads the guard and stops), or a float16 overflow (skipped, and S halves)."""
+        xp = self.xp
+        norm = global_grad_norm(grads)  # float64, on the device
+        finite_loss, finite_norm = xp.isfinite(loss), xp.isfinite(norm)
+        overflow = finite_loss & ~finite_norm if self.scaler is not None else xp.asarray(False)
+        if self.scaler is not None:
+            norm = norm / self.scaler.scale.astype(xp.float64)  # the unscaled gradient's norm
+            bad = ~finite_loss
+        else:
+            bad = ~(finite_loss & finite_norm)
+        values = xp.stack([xp.asarray(loss, dtype=xp.float64), xp.asarray(norm, dtype=xp.float64)])  # loss, norm
+        first_bad = bad & (self.diverged_at < 0)
+        self.diverged_at = xp.where(first_bad, index, self.diverged_at)
+        self.diverged_values = xp.where(first_bad, values, self.diverged_values)
+        skip = overflow | (self.diverged_at >= 0)
+        self.last_good_values = xp.where(self.diverged_at >= 0, self.last_good_values, values)
+        scale = clip_coefficient(norm, self.cfg["max_grad_norm"], xp)
+        if self.scaler is not None:
+            scale = scale / self.scaler.scale.astype(xp.float64)
+            self.scaler.update(overflow)
+            self.skipped_steps = self.skipped_steps + overflow
+        grad_scale = xp.where(skip, 0.0, scale).astype(self.model.params["wte"].dtype)  # the master weights' dtype
+        return norm, grad_scale
+
+    def update(self, grads, lr, grad_scale):
+        """Every trainable parameter's rule on its gradient times grad_scale (0: no change)."""
+        weight_decay = self.cfg["weight_decay"]
+        for name, grad in grads.items():
+            apply_update(self.rules[name], self.model.params[name], grad, self.states[name], lr,
+                         weight_decay if self.decay[name] else 0.0, grad_scale)
+
+    # ---------------------------------------------------------------- what a checkpoint keeps
+
+    def state(self):
+        """The host values a checkpoint keeps besides the optimizer states (reads the device)."""
+        for state in self.states.values():  # AdamW's step count lives on the device during the run
+            state["step"] = int(state["step"])
+        if self.scaler is None:
+            return {}
+        return {**self.scaler.state(), "skipped_steps": int(self.skipped_steps)}
+
+    def load_state(self, extra):
+        """Back to what state() returned (the optimizer states are loaded with the checkpoint)."""
+        if self.scaler is not None:
+            self.scaler = LossScaler(self.xp, scale=extra.get("loss_scale", self.scaler.scale),
+                                     good_steps=extra.get("loss_scale_good_steps", 0))
+            self.skipped_steps = self.xp.asarray(extra.get("skipped_steps", 0), dtype=self.xp.int64)
+
+
+class GradientBuffer:
+    """One contiguous (n + 3,) array holding every trainable parameter's gradient, then the step's
+    summed loss x targets, counted targets and windows, so one Allreduce carries all of it.
+
+    grads[name] are views into the buffer with the parameters' shapes and dtype (the master
+    weights': half-precision gradients are widened as they are added)."""
+
+    EXTRAS = 3  # loss x targets, targets, windows: in the gradients' dtype (float32 counts exactly to 2**24 a step)
+
+    def __init__(self, params, xp=np):
+        first = next(iter(params.values()))
+        sizes = [p.size for p in params.values()]
+        self.xp = xp
+        self.flat = xp.zeros(sum(sizes) + self.EXTRAS, dtype=first.dtype)  # (n + 3,)
+        self.grads, offset = {}, 0
+        for (name, p), size in zip(params.items(), sizes):
+            self.grads[name] = self.flat[offset:offset + size].reshape(p.shape)
+            offset += size
+        self.gradient_bytes = offset * self.flat.itemsize
+
+    def zero_counts(self):
+        self.flat[-self.EXTRAS:] = 0
+
+    def add(self, grads, weight, first=False):
+        """grads[name] += weight * g for every gradient of one micro-batch, in the buffer's
+        dtype; first: the step's first micro-batch, which overwrites instead of adding."""
+        dtype = self.flat.dtype
+        for name, g in grads.items():
+            view = self.grads[name]
+            if first:
+                self.xp.multiply(g, weight, out=view, dtype=dtype)
+            else:
+                view += self.xp.multiply(g, weight, dtype=dtype)
+
+    def add_counts(self, loss, targets, windows):
+        """loss: a micro-batch's mean over its ``targets`` counted targets (a device scalar)."""
+        self.flat[-3] += loss.astype(self.flat.dtype) * targets
+        self.flat[-2] += targets
+        self.flat[-1] += windows
+
+    def mean(self):
+        """Divide the gradients by the counted targets (no counted target anywhere: 0) and
+        return the mean loss, a float64 0-d array on the device (no host read)."""
+        targets = self.xp.maximum(self.flat[-2], 1)
+        self.flat[:-self.EXTRAS] /= targets
+        return (self.flat[-3] / targets).astype(np.float64)
+
+    def counts(self):
+        """(loss x targets, targets, windows) summed so far, as Python floats (a host read)."""
+        return tuple(float(x) for x in backends.to_numpy(self.flat[-3:]))
