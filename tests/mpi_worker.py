@@ -8,6 +8,9 @@ equivalence  2 ranks x batch B (x accumulation) against 1 rank x batch B x accum
              and LoRA adapters on a frozen Llama
 resume       an interrupted 2-rank run (dropout on, random windows) resumed from its checkpoint
              ends bit for bit where the uninterrupted one does; only rank 0 wrote files
+half         float16 (float32 master weights, dynamic loss scaling) on 2 ranks against 1 rank
+             accumulating the same windows, with SGD (which a gradient off by a constant factor
+             fails; Adam's scale invariance would hide it) and AdamW: same weights, and the loss falls
 crash        rank 1 raises in its third backward: the job must end, not hang
 drift        rank 1's weights are nudged during step 3: the parameter check must stop the job
 """
@@ -70,6 +73,27 @@ def equivalence(comm, out):
     return found
 
 
+def half(comm, out):
+    found = {}
+    stream = np.arange(40 * 8 * 16 + 1) % VOCAB  # a learnable stream: each token follows from the last
+    for optimizer, lr in (("sgd", 0.5), ("adamw", 1e-2)):
+        cfg = dict(BASE, batch_size=4, epochs=1, dtype="float16", optimizer=optimizer, learning_rate=lr,
+                   weight_decay=0.0, log_interval=1)
+        together = tiny_model(dtype="float32")
+        shared = train_with_config(together, stream, cfg)
+        if comm.is_root:
+            alone = tiny_model(dtype="float32")
+            single = train_with_config(alone, stream, dict(cfg, grad_accum_steps=comm.size),
+                                       communicator=distributed.SingleProcess())
+            found[optimizer] = {
+                "relative_error": relative_error(alone.params, together.params),
+                "steps": [single["steps"], shared["steps"]],
+                "first_loss": [single["history"][0]["loss"], shared["history"][0]["loss"]],
+                "loss": [single["final_loss"], shared["final_loss"]],
+                "dtypes": sorted({str(p.dtype) for p in together.params.values()})}
+    return found
+
+
 def resume(comm, out):
     cfg = dict(BASE, batch_size=4, num_steps=6, checkpoint_interval=3, keep_last_n=0, log_interval=1, dtype="float32")
     first = tiny_model(dropout=0.1, dtype="float32")
@@ -122,7 +146,7 @@ def drift(comm, out):
     return {"finished": True}  # not reached: the check after step 4 stops it
 
 
-SCENARIOS = {"equivalence": equivalence, "resume": resume, "crash": crash, "drift": drift}
+SCENARIOS = {"equivalence": equivalence, "half": half, "resume": resume, "crash": crash, "drift": drift}
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], Path(sys.argv[2])

@@ -52,6 +52,22 @@ def test_two_ranks_equal_one_rank_accumulating_the_same_windows(tmp_path):
         assert case["communication_seconds"] > 0
 
 
+def test_float16_on_two_ranks_equals_one_rank_accumulating_with_sgd_and_adamw(tmp_path):
+    """The half-precision copy and the scaled loss gradient on every rank: 2 ranks in float16
+    train exactly as 1 rank accumulating 2 micro-batches (each micro-batch's forward and backward
+    are the same; the float32 buffer adds the two in the same order). SGD sees a gradient off by
+    the loss scale that AdamW would normalise away."""
+    done, found = run_scenario("half", tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for optimizer in ("sgd", "adamw"):
+        case = found[optimizer]
+        assert case["steps"][0] == case["steps"][1] == 40
+        assert case["dtypes"] == ["float32"]  # the master weights
+        assert case["relative_error"] < 1e-6, (optimizer, case)
+        assert case["loss"][0] == pytest.approx(case["loss"][1], rel=1e-6)
+        assert case["loss"][1] < 0.5 * case["first_loss"][1], (optimizer, case)  # it learns, in both setups
+
+
 def test_a_resumed_two_rank_run_ends_bit_for_bit_where_the_whole_run_does(tmp_path):
     done, found = run_scenario("resume", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
