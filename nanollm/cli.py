@@ -1,5 +1,8 @@
 """The `nanollm` command (also `python -m nanollm`): argument parsing, dispatch, and errors.
 
+(About 500 lines: every subcommand's parser and its thin dispatch, which read best side by side;
+the work itself lives in launch, estimate, prepare, interop, experiments and tools.)
+
     nanollm                                   train the nano preset on the embedded corpus
     nanollm train --data input.txt --preset small --learning_rate=3e-3 --out runs/small
     nanollm train --resume runs/small --num_steps=4000

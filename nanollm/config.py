@@ -24,8 +24,7 @@ from nanollm.optim import MUON_ADJUST_LR, OPTIMIZERS
 from nanollm.schedule import SCHEDULES
 
 DEFAULTS = {
-    # ---- model: ModelConfig's fields (nanollm.model_config, where each is described); None
-    # takes the model's value, and a value given is checked against the model ----
+    # ---- model (ModelConfig's fields, described in nanollm/model_config.py; when given, checked against the model) ----
     **{key: None for key in model_config.TRAINING_KEYS},
     # ---- data ----
     "batch_size": 12,             # windows per micro-batch
@@ -175,14 +174,14 @@ def _check_type(key, value, source):
 def _check_value(key, value, source):
     if value is None:
         return
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ValueError(f"{source}: {key}={value!r} is not one of {', '.join(CHOICES[key])}"
+                         f"{_suggest(str(value), CHOICES[key])}")
     if key in model_config.TRAINING_KEYS:  # the model's own ranges
         try:
             model_config.check_value(key, value)
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ValueError(f"{source}: {key}={value!r} is not one of {', '.join(CHOICES[key])}"
-                         f"{_suggest(str(value), CHOICES[key])}")
     if key in POSITIVE and not value > 0:
         raise ValueError(f"{source}: {key} must be > 0, got {value!r}")
     if key in NON_NEGATIVE and not value >= 0:
@@ -233,7 +232,7 @@ def describe_keys():
     source = inspect.getsource(sys.modules[__name__])
     found = dict(re.findall(r'^\s+"(\w+)": .+?#\s*(.+?)\s*$', source, flags=re.M))
     model_fields = model_config.describe_fields()  # the model keys: ModelConfig's comments
-    found.update({key: f"{model_fields[key]} (None: the model's)" for key in model_config.TRAINING_KEYS})
+    found.update({key: model_fields[key] for key in model_config.TRAINING_KEYS})
     return {key: found.get(key, "") for key in DEFAULTS}
 
 

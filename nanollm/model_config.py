@@ -41,7 +41,7 @@ class ModelConfig:
     ffn_hidden_dim: int = None       # hidden width of the MLP (None: gpt2 4 * embedding_dim, llama 8/3 * embedding_dim)
     num_heads: int = 4               # attention heads
     num_kv_heads: int = None         # key/value heads (< num_heads: grouped-query attention; None: num_heads)
-    max_seq_len: int = 256           # context length T: the longest window the model reads
+    max_seq_len: int = 256           # context length T: the longest window the model reads (training's may be shorter)
     dropout: float = 0.0             # dropout probability in training (0: off)
     architecture: str = "gpt2"       # gpt2 (layernorm, learned positions, GELU) or llama (RMSNorm, RoPE, SwiGLU)
     tie_embeddings: bool = True      # output layer shares wte (true) or has its own lm_head (false)

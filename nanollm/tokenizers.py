@@ -1,5 +1,8 @@
 """Text <-> token ids: a character tokenizer and a byte-level BPE tokenizer, saved as JSON, never pickled.
 
+(About 590 lines: the two tokenizers share one JSON format, the special-token handling and
+tokenizer_from_dict; apart, that format would be written twice.)
+
 CharTokenizer: one id per distinct character, ids in sorted character order (as nanoGPT's
 shakespeare_char), then the special tokens in the order given. Tiny vocabulary, long sequences:
 the simplest thing that trains.

@@ -121,7 +121,7 @@ def test_config_keys_must_agree_with_the_model():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(architecture="mamba"), "architecture='mamba' is not supported; choose one of ('gpt2', 'llama')"),
+    (dict(architecture="mamba"), "architecture='mamba' is not supported; choose one of gpt2, llama"),
     (dict(embedding_dim=12, num_heads=4), "embedding_dim / num_heads must be even; got 12 / 4 = 3"),
     (dict(rope_base=1.0), "rope_base must be a number > 1"),
     (dict(tie_embeddings="yes"), "tie_embeddings must be true or false"),

@@ -5,16 +5,16 @@
 
 The reference sits between the two marker lines below; everything else in the file is left as it
 is. Each key's comment in DEFAULTS is its only description (``config.describe_keys``), and the
-``# ---- group ----`` comments there become the table's sections.
+``# ---- group ----`` comments there become the table's sections (the model keys' comments
+are ModelConfig's, in nanollm/model_config.py).
 """
 
 import inspect
-import os
 import re
 import sys
-import tempfile
 
-from nanollm import config
+from nanollm import config, model_config
+from nanollm.textfiles import write_atomically
 
 BEGIN = "<!-- config reference: generated from nanollm/config.py by `python -m nanollm.tools.config_reference TRAINING.md`; edit DEFAULTS, not this table -->"
 END = "<!-- end of config reference -->"
@@ -33,6 +33,8 @@ def key_groups():
             groups.append((title.group(1), []))
         elif key:
             groups[-1][1].append(key.group(1))
+        elif "model_config.TRAINING_KEYS" in line:  # the model keys, spelled out in nanollm.model_config
+            groups[-1][1].extend(model_config.TRAINING_KEYS)
     return groups
 
 
@@ -99,11 +101,7 @@ def main(argv=None):
             return 1
         return 0
     if updated != text:
-        folder = os.path.dirname(os.path.abspath(path))
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, delete=False, suffix=".tmp") as file:
-            file.write(updated)
-        os.chmod(file.name, os.stat(path).st_mode)
-        os.replace(file.name, path)
+        write_atomically(path, lambda file: file.write(updated.encode("utf-8")))
         print(f"{path}: config reference updated")
     return 0
 
