@@ -114,9 +114,9 @@ def _sabotage(model, comm, action):
     """Run ``action`` on rank 1 during its third backward."""
     backward, calls = model.backward, [0]
 
-    def sabotaged():
+    def sabotaged(**kwargs):
         calls[0] += 1
-        grads = backward()
+        grads = backward(**kwargs)
         if comm.rank == 1 and calls[0] == 3:
             action(model)
         return grads

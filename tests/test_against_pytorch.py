@@ -65,8 +65,17 @@ def make_case(dtype):
     return model, idx, targets, tparams
 
 
-def assert_close(ours, theirs, dtype, what):
-    rtol, atol = TOLERANCE[dtype]
+# After ten float32 AdamW steps an element whose gradient is ~0 moves by m / (sqrt(v) + eps), a
+# ratio of two rounding-sized numbers: matmul kernels that round differently (BLAS, numba) move it
+# by a different part of one step (lr = 3e-3). Seen here: 2.06e-5 on one of 64 biases, under the
+# auto backend. 1e-4 (3% of one step) still fails any error in the rule itself (a wrong bias
+# correction or lr is a whole step's worth on every element).
+ADAMW_FLOAT32_ATOL = 1e-4
+
+
+def assert_close(ours, theirs, dtype, what, atol=None):
+    rtol, default_atol = TOLERANCE[dtype]
+    atol = default_atol if atol is None else atol
     np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=rtol, atol=atol, err_msg=what)
 
 
@@ -103,7 +112,8 @@ def test_ten_adamw_steps_match_pytorch(dtype):
         optimizer.step()
         assert_close(loss, tloss, dtype, f"loss at step {step}")
     for name in model.params:
-        assert_close(model.params[name], tparams[name], dtype, f"{name} after ten AdamW steps")
+        assert_close(model.params[name], tparams[name], dtype, f"{name} after ten AdamW steps",
+                     atol=ADAMW_FLOAT32_ATOL if dtype == "float32" else None)
 
 
 # ------------------------------------------------------------------------- Muon
