@@ -4,7 +4,8 @@
                    computes and float16 scales its loss); each gradient, times the micro-batch's
                    counted targets, is added into one flat gradient buffer in the weights' dtype
     ranks          one Allreduce sums every rank's buffer (alone: nothing to do)
-    mean           the buffer over the step's counted targets: the gradient of one big batch
+    mean           1 / the step's counted targets, folded into grad_scale: the gradient of one
+                   big batch without another pass over the buffer
     guard          a NaN/Inf loss or gradient norm (or a float16 overflow) makes the update a
                    no-op, decided on the device
     clip           the global norm to max_grad_norm, folded with 1/loss-scale into grad_scale
@@ -58,9 +59,9 @@ class TrainingStep:
     def __call__(self, index, batches, lr):
         """Train on ``batches`` [(inputs, targets), ...] (host ids, (b, T) each) as 0-based step
         ``index`` at learning rate lr: (loss, gradient norm, windows of every rank)."""
-        loss, grads, windows = self.accumulate(batches, self.loss_and_backward)
-        grad_norm, grad_scale = self.guard(index, loss, grads)
-        self.update(grads, lr, grad_scale)
+        loss, grad_sums, grad_factor, windows = self.accumulate(batches, self.loss_and_backward)
+        grad_norm, grad_scale = self.guard(index, loss, grad_sums, grad_factor)
+        self.update(grad_sums, lr, grad_scale)
         return loss, grad_norm, windows
 
     def loss_and_backward(self, inputs, targets, dloss):
@@ -69,11 +70,13 @@ class TrainingStep:
         return loss, self.model.backward(dloss=dloss)
 
     def accumulate(self, batches, loss_and_backward):
-        """(loss, gradients, windows) of the step over every rank's micro-batches, averaged over
-        every counted target: each micro-batch's mean loss and gradient count for its counted
-        targets (a smaller last micro-batch, or one with more masked prompt tokens, counts for
-        less), so accumulation and ranks equal one big batch. loss and the gradients (views into
-        the buffer) stay on the device; float16's gradients are still scaled by its loss scale."""
+        """(loss, gradient sums, gradient factor, windows) of the step over every rank's
+        micro-batches: each micro-batch's mean loss and gradient count for its counted targets (a
+        smaller last micro-batch, or one with more masked prompt tokens, counts for less), so
+        accumulation and ranks equal one big batch. loss is the mean over every counted target;
+        the gradient is the sums (views into the buffer) times the factor, 1 / counted targets
+        (0-d), which the guard folds into grad_scale. All stay on the device; float16's sums are
+        still scaled by its loss scale."""
         buffer = self.buffer
         buffer.zero_counts()
         dloss = 1.0 if self.scaler is None else self.scaler.scale  # float16: the scaled loss's gradient
@@ -93,18 +96,19 @@ class TrainingStep:
             self.comm.allreduce_sum(buffer.flat)
             self.communication_seconds += time.perf_counter() - tick
             windows = int(buffer.counts()[2])
-        return buffer.mean(), buffer.grads, windows
+        loss, factor = buffer.mean()
+        return loss, buffer.grads, factor, windows
 
-    def guard(self, index, loss, grads):
+    def guard(self, index, loss, grad_sums, grad_factor):
         """(gradient norm, grad_scale) of 0-based step ``index``, device scalars, no host read.
 
-        grad_scale is what the update multiplies the gradients by: the clip factor (times 1/S
-        under float16's loss scale S), or 0 when the step must not update anything: a
+        grad_scale is what the update multiplies the gradient sums by: grad_factor times the
+        clip factor (times 1/S under float16's loss scale S), or 0 when the step must not update anything: a
         non-finite loss or gradient norm (divergence: diverged_at records the first such step
         and every later step is skipped too, so the weights stay the last good ones until the
         host reads the guard and stops), or a float16 overflow (skipped, and S halves)."""
         xp = self.xp
-        norm = global_grad_norm(grads)  # float64, on the device
+        norm = global_grad_norm(grad_sums) * grad_factor  # the mean gradient's, float64, on the device
         finite_loss, finite_norm = xp.isfinite(loss), xp.isfinite(norm)
         overflow = finite_loss & ~finite_norm if self.scaler is not None else xp.asarray(False)
         if self.scaler is not None:
@@ -118,7 +122,7 @@ class TrainingStep:
         self.diverged_values = xp.where(first_bad, values, self.diverged_values)
         skip = overflow | (self.diverged_at >= 0)
         self.last_good_values = xp.where(self.diverged_at >= 0, self.last_good_values, values)
-        scale = clip_coefficient(norm, self.cfg["max_grad_norm"], xp)
+        scale = clip_coefficient(norm, self.cfg["max_grad_norm"], xp) * grad_factor
         if self.scaler is not None:
             scale = scale / self.scaler.scale.astype(xp.float64)
             self.scaler.update(overflow)
@@ -192,11 +196,11 @@ class GradientBuffer:
         self.flat[-1] += windows
 
     def mean(self):
-        """Divide the gradients by the counted targets (no counted target anywhere: 0) and
-        return the mean loss, a float64 0-d array on the device (no host read)."""
-        targets = self.xp.maximum(self.flat[-2], 1)
-        self.flat[:-self.EXTRAS] /= targets
-        return (self.flat[-3] / targets).astype(np.float64)
+        """(mean loss, 1 / counted targets): float64 0-d arrays on the device (no host read).
+        The gradient of the mean is the gradient sums times the second (no counted target
+        anywhere: the sums, which are 0)."""
+        targets = self.xp.maximum(self.flat[-2], 1).astype(np.float64)
+        return self.flat[-3].astype(np.float64) / targets, 1.0 / targets
 
     def counts(self):
         """(loss x targets, targets, windows) summed so far, as Python floats (a host read)."""
