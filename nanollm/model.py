@@ -32,11 +32,10 @@ from nanollm.ops import (
     residual_backward, residual_forward,
 )
 from nanollm.ops.cross_entropy import IGNORE_INDEX
-from nanollm.ops.gelu import gelu_backward, gelu_forward
 from nanollm.ops.lora import lora_backward, lora_forward
+from nanollm.ops.mlp import Linear, mlp_backward, mlp_forward, swiglu_mlp_backward, swiglu_mlp_forward
 from nanollm.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from nanollm.ops.rope import rope_tables
-from nanollm.ops.swiglu import swiglu_backward, swiglu_forward
 
 INIT_STD = 0.02  # GPT-2's normal(0, 0.02) initialisation
 
@@ -327,7 +326,14 @@ class TransformerLanguageModel:
                                                 self.dropout_rng, self.training)
             out[..., columns] += delta
             adapter_caches.append(adapter_cache)
-        return out, (cache, adapter_caches)
+        return out, (matrix, cache, adapter_caches)
+
+    def _block_linear(self, p):
+        """The Linear pair (nanollm.ops.mlp) the feed-forward ops call in this block: a weight
+        argument is a matrix's name, whose weight, bias and adapters come from p; the weight
+        gradient returned is the dict of that matrix's parameter gradients."""
+        return Linear(lambda x, matrix, _bias: self._linear_forward(x, p, matrix),
+                      lambda dout, cache: (*self._linear_backward(dout, cache), None))
 
     def _block_forward(self, layer, x, rope=None, past=None):
         """One pre-norm transformer block: x (B, T, C) -> (B, T, C)."""
@@ -344,15 +350,11 @@ class TransformerLanguageModel:
         a, caches["drop1"] = dropout_forward(a, **drop)
         x, caches["res1"] = residual_forward(x, a)
         h, caches["norm2"] = self._norm_forward(x, p, norm2)
+        linear = self._block_linear(p)  # the MLP's linear layers by matrix name, LoRA adapters included
         if self.architecture == "llama":  # SwiGLU: down(silu(gate(h)) * up(h))
-            gate, caches["gate"] = self._linear_forward(h, p, "mlp.gate")  # (B, T, F)
-            up, caches["up"] = self._linear_forward(h, p, "mlp.up")  # (B, T, F)
-            hidden, caches["act"] = swiglu_forward(gate, up)  # (B, T, F)
-            m, caches["down"] = self._linear_forward(hidden, p, "mlp.down")  # (B, T, C)
+            m, caches["mlp"] = swiglu_mlp_forward(h, "mlp.gate", "mlp.up", "mlp.down", linear=linear)  # (B, T, C)
         else:  # GELU MLP: proj(gelu(fc(h)))
-            hidden, caches["fc"] = self._linear_forward(h, p, "mlp.fc")  # (B, T, F)
-            hidden, caches["act"] = gelu_forward(hidden)
-            m, caches["mlp_proj"] = self._linear_forward(hidden, p, "mlp.proj")  # (B, T, C)
+            m, caches["mlp"] = mlp_forward(h, "mlp.fc", None, "mlp.proj", None, linear=linear)  # (B, T, C)
         m, caches["drop2"] = dropout_forward(m, **drop)
         x, caches["res2"] = residual_forward(x, m)
         return x, caches
@@ -402,17 +404,18 @@ class TransformerLanguageModel:
             dx, grads[f"{prefix}.weight"], grads[f"{prefix}.bias"] = layernorm_backward(dx, cache)
         return dx
 
-    def _linear_backward(self, dout, cache, grads, matrix):
-        """Back through _linear_forward: dout (B, T, C_out) -> dx (B, T, C_in); the weight, bias and adapter
-        gradients go into grads (a frozen weight's are not computed)."""
-        cache, adapter_caches = cache
-        dx, dweight, dbias = linear_backward(dout, cache, weight_grads=self.lora is None)
-        grads[f"{matrix}.weight"], grads[f"{matrix}.bias"] = dweight, dbias
+    def _linear_backward(self, dout, cache):
+        """Back through _linear_forward: dout (B, T, C_out) -> dx (B, T, C_in), {suffix: gradient}
+        of the matrix's weight, bias and adapters (a frozen weight's are not computed: None)."""
+        matrix, cache, adapter_caches = cache
+        grads = {}
+        dx, grads[f"{matrix}.weight"], grads[f"{matrix}.bias"] = linear_backward(dout, cache,
+                                                                                weight_grads=self.lora is None)
         for (part, columns, _, _), adapter_cache in zip(self.adapters.get(matrix, ()), adapter_caches):
             a_name, b_name = adapter_names(matrix, part)
             dx_adapter, grads[a_name], grads[b_name] = lora_backward(dout[..., columns], adapter_cache)
             dx += dx_adapter
-        return dx
+        return dx, grads
 
     def _block_backward(self, dx, caches):
         """The block's forward read upside down: dx (B, T, C) -> dx (B, T, C), {suffix: grad}."""
@@ -421,21 +424,21 @@ class TransformerLanguageModel:
         dx, dm = residual_backward(dx, caches["res2"])
         dm = dropout_backward(dm, caches["drop2"])
         if self.architecture == "gpt2":  # the forward's two branches, each reversed, in reverse order
-            dhidden = self._linear_backward(dm, caches["mlp_proj"], g, "mlp.proj")
-            dhidden = gelu_backward(dhidden, caches["act"])
-            dh = self._linear_backward(dhidden, caches["fc"], g, "mlp.fc")
+            dh, dfc, _, dproj, _ = mlp_backward(dm, caches["mlp"])
+            matrix_grads = (dfc, dproj)
         else:
-            dhidden = self._linear_backward(dm, caches["down"], g, "mlp.down")
-            dgate, dup = swiglu_backward(dhidden, caches["act"])
-            dh = self._linear_backward(dup, caches["up"], g, "mlp.up")
-            dh += self._linear_backward(dgate, caches["gate"], g, "mlp.gate")
+            dh, *matrix_grads = swiglu_mlp_backward(dm, caches["mlp"])
+        for grads in matrix_grads:
+            g.update(grads)
         dh = self._norm_backward(dh, caches["norm2"], g, norm2)
         dx = dx + dh
         dx, da = residual_backward(dx, caches["res1"])
         da = dropout_backward(da, caches["drop1"])
-        da = self._linear_backward(da, caches["proj"], g, "attn.proj")
+        da, grads = self._linear_backward(da, caches["proj"])
+        g.update(grads)
         dqkv = attention_backward(da, caches["attn"])
-        dh = self._linear_backward(dqkv, caches["qkv"], g, "attn.qkv")
+        dh, grads = self._linear_backward(dqkv, caches["qkv"])
+        g.update(grads)
         dh = self._norm_backward(dh, caches["norm1"], g, norm1)
         dx = dx + dh
         return dx, {suffix: g[suffix] for suffix in self.block_params}

@@ -14,11 +14,11 @@ from nanollm.ops.embedding import embedding_backward, embedding_forward
 from nanollm.ops.gelu import gelu_backward, gelu_forward
 from nanollm.ops.layernorm import layernorm_backward, layernorm_forward
 from nanollm.ops.linear import linear_backward, linear_forward
-from nanollm.ops.mlp import mlp_backward, mlp_forward
+from nanollm.ops.mlp import mlp_backward, mlp_forward, swiglu_mlp_backward, swiglu_mlp_forward
 from nanollm.ops.residual import residual_backward, residual_forward
 from nanollm.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from nanollm.ops.rope import rope_backward, rope_forward, rope_tables
-from nanollm.ops.swiglu import swiglu_backward, swiglu_forward, swiglu_mlp_backward, swiglu_mlp_forward
+from nanollm.ops.swiglu import swiglu_backward, swiglu_forward
 
 __all__ = [
     "attention_backward", "attention_forward",
