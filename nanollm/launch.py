@@ -39,6 +39,7 @@ RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 DEFAULT_PRESET = "nano"
 BPE_VOCAB_SIZE = 4096  # a BPE tokenizer's size when vocab_size is not set
+FIXED_BY_CHECKPOINT = tuple(key for key in SHAPE_KEYS if key != "vocab_size")  # vocab_size: the tokenizer's
 
 
 def fresh_run_folder(name, root="runs"):
@@ -140,7 +141,7 @@ def _fine_tuning_start(cfg, overrides, sources):
                          "trained; fine-tune from a checkpoint written by nanollm train")
     given = {}  # shape keys set by a config file or the command line, the last one winning
     for override, source in zip(overrides, sources):
-        for key in SHAPE_KEYS[1:]:  # vocab_size is the tokenizer's
+        for key in FIXED_BY_CHECKPOINT:
             value = override.get(key)
             if value is None:
                 continue
@@ -148,7 +149,7 @@ def _fine_tuning_start(cfg, overrides, sources):
                 raise ValueError(f"{source} sets {key}={value} but --init_from {checkpoint} has {key}="
                                  f"{model_config[key]}; a fine-tuned model keeps its checkpoint's shape")
             given[key] = value
-    for key in SHAPE_KEYS[1:]:
+    for key in FIXED_BY_CHECKPOINT:
         cfg[key] = given.get(key)  # None: the checkpoint's value
     cfg["init_from"] = str(checkpoint)
     model, tokenizer = model_from_checkpoint(metadata, cfg), tokenizer_from_dict(metadata["tokenizer"])

@@ -103,10 +103,10 @@ class TrainingStep:
         """(gradient norm, grad_scale) of 0-based step ``index``, device scalars, no host read.
 
         grad_scale is what the update multiplies the gradient sums by: grad_factor times the
-        clip factor (times 1/S under float16's loss scale S), or 0 when the step must not update anything: a
-        non-finite loss or gradient norm (divergence: diverged_at records the first such step
-        and every later step is skipped too, so the weights stay the last good ones until the
-        host reads the guard and stops), or a float16 overflow (skipped, and S halves)."""
+        clip factor (times 1/S under float16's loss scale S), or 0 when the step must not update
+        anything: a non-finite loss or gradient norm (divergence: diverged_at records the first
+        such step and every later step is skipped too, so the weights stay the last good ones
+        until the host reads the guard and stops), or a float16 overflow (skipped, S halves)."""
         xp = self.xp
         norm = global_grad_norm(grad_sums) * grad_factor  # the mean gradient's, float64, on the device
         finite_loss, finite_norm = xp.isfinite(loss), xp.isfinite(norm)

@@ -72,15 +72,10 @@ def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0, 
 
 
 def apply_config_to_model(model, cfg):
-    """A user's model made what the config says: its model keys must agree with the model's
-    (they describe it, they cannot reshape it), dtype (float32 master weights for half
-    precision) and dropout are applied. `nanollm train` builds the model from the config instead."""
-    for key in TRAINING_KEYS:
-        if key in ("max_seq_len", "dropout"):  # a training window may be shorter; dropout is applied below
-            continue
-        if cfg[key] is not None and cfg[key] != model.config[key]:
-            raise ValueError(f"config says {key}={cfg[key]} but the model has {key}={model.config[key]}; "
-                             "build the model with the config's value or drop the key")
+    """A user's model made what the config says where a config may change a built model: dtype
+    (float32 master weights for half precision) and dropout. Its other model keys describe the
+    model and cannot reshape it (run_training checks them). `nanollm train` builds the model
+    from the config instead."""
     master = master_dtype(cfg["dtype"]) if cfg["dtype"] is not None else None
     if master is not None and master != model.dtype:
         model.params = {name: p.astype(master) for name, p in model.params.items()}
@@ -361,14 +356,20 @@ def train_with_config(model, tokens, cfg=None, *, val_tokens=None, tokenizer=Non
         if cfg["init_from"] is not None and cfg["resume_from"] is None:  # a resumed run has its weights already
             load_initial_weights(model, cfg["init_from"], tokenizer)
         distributed.root_only(comm, lambda: prepare_checkpoint_dir(cfg))
-        return run_training(model, tokens, cfg, val_tokens=val_tokens, tokenizer=tokenizer, communicator=comm)
+    return run_training(model, tokens, cfg, val_tokens=val_tokens, tokenizer=tokenizer, communicator=comm)
 
 
 def run_training(model, tokens, cfg, *, val_tokens=None, tokenizer=None, communicator=None):
     """The run itself, on a resolved config, a model that already is what it says (weights from
     init_from loaded) and a prepared checkpoint_dir: train_with_config's second half, and what
-    `nanollm train` calls after setting all of that up its own way. Same results dict."""
+    `nanollm train` calls after setting all of that up its own way. Same results dict; with
+    more than one rank, an error on any rank ends the whole job (MPI Abort)."""
     comm = communicator if communicator is not None else distributed.world()
+    with distributed.failing_together(comm):
+        return _run(model, tokens, cfg, val_tokens, tokenizer, comm)
+
+
+def _run(model, tokens, cfg, val_tokens, tokenizer, comm):
     distributed.check_same_config(comm, cfg)
     seq_len = _check_model(model, cfg)
     _check_tokenizer(model, tokenizer)
