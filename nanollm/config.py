@@ -17,9 +17,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from nanollm import backends
+from nanollm import backends, model_config
 from nanollm.lora import TARGETS as LORA_TARGETS
-from nanollm import model_config
 from nanollm.optim import MUON_ADJUST_LR, OPTIMIZERS
 from nanollm.schedule import SCHEDULES
 
