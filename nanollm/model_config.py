@@ -54,19 +54,16 @@ class ModelConfig:
             raise ValueError("a model config needs vocab_size (the tokenizer's vocabulary size)")
         for key in KEYS:
             check_value(key, getattr(self, key))
-        fill = {}
-        if self.ffn_hidden_dim is None:
-            fill["ffn_hidden_dim"] = default_ffn_hidden_dim(self.embedding_dim, self.architecture)
-        if self.num_kv_heads is None:
-            fill["num_kv_heads"] = self.num_heads
-        fill.update(vocab_size=int(self.vocab_size), embedding_dim=int(self.embedding_dim),
-                    num_layers=int(self.num_layers), num_heads=int(self.num_heads), max_seq_len=int(self.max_seq_len),
-                    dropout=float(self.dropout), tie_embeddings=bool(self.tie_embeddings),
-                    rope_base=float(self.rope_base), dtype=str(self.dtype), lora=check_lora_config(self.lora))
-        for key, value in fill.items():
+        normalised = dict(
+            vocab_size=int(self.vocab_size), embedding_dim=int(self.embedding_dim), num_layers=int(self.num_layers),
+            ffn_hidden_dim=int(default_ffn_hidden_dim(self.embedding_dim, self.architecture)
+                               if self.ffn_hidden_dim is None else self.ffn_hidden_dim),
+            num_heads=int(self.num_heads),
+            num_kv_heads=int(self.num_heads if self.num_kv_heads is None else self.num_kv_heads),
+            max_seq_len=int(self.max_seq_len), dropout=float(self.dropout), tie_embeddings=bool(self.tie_embeddings),
+            rope_base=float(self.rope_base), dtype=str(self.dtype), lora=check_lora_config(self.lora))
+        for key, value in normalised.items():  # frozen: completed once, here
             object.__setattr__(self, key, value)
-        object.__setattr__(self, "ffn_hidden_dim", int(self.ffn_hidden_dim))
-        object.__setattr__(self, "num_kv_heads", int(self.num_kv_heads))
         check_head_counts(self.embedding_dim, self.num_heads, self.num_kv_heads)
         if self.architecture == "llama" and self.head_dim % 2:
             raise ValueError(f"architecture='llama' rotates channel pairs, so embedding_dim / num_heads must be even; "
@@ -81,9 +78,7 @@ class ModelConfig:
         unknown = [key for key in settings if key not in KEYS]
         if unknown:
             raise ValueError(f"unknown model config keys {unknown}; a model config has only {KEYS}")
-        if settings.get("vocab_size") is None:
-            raise ValueError("a model config needs vocab_size (the tokenizer's vocabulary size)")
-        return cls(**settings)
+        return cls(**{"vocab_size": None, **settings})  # a missing vocab_size: the one error below
 
     @classmethod
     def from_training_config(cls, cfg, vocab_size=None):
