@@ -18,6 +18,7 @@ single-process run needs no mpi4py (the [mpi] extra).
 import hashlib
 import os
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from nanollm import backends, mpi_launch
 
+ABORT_GRACE_SECONDS = 0.5  # between printing why and MPI Abort (see MPICommunicator.abort)
 INSTALL_HINT = "pip install \".[mpi]\" in the nanollm checkout (mpi4py and MPICH from PyPI)"
 
 
@@ -84,6 +86,9 @@ class MPICommunicator:
             print(message, file=sys.stderr, flush=True)
         sys.stdout.flush()
         sys.stderr.flush()
+        # mpiexec forwards each rank's output asynchronously, and Abort kills the job at once: give
+        # it a moment to pass the message on (without this, about 1 run in 3 lost it under load)
+        time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(status)
         os._exit(status)  # Abort ends the process; should it ever come back, this rank stops all the same
 
