@@ -8,8 +8,8 @@ training loop needs.
 Every rank runs the same program on its own batches. After backward, each rank's gradients go
 into one flat buffer (nanollm.step.GradientBuffer, the same one a single process fills) and a
 single in-place Allreduce sums them, so every rank applies the same update to the same
-parameters. check_identical() verifies that now and then
-(hashes of every parameter): ranks that drifted apart are an error, not a silent fork.
+parameters. check_identical() verifies that now and then (hashes of every parameter): ranks
+that drifted apart are an error, not a silent fork.
 
 A process started without a launcher gets SingleProcess, whose collectives do nothing: a
 single-process run needs no mpi4py (the [mpi] extra).
@@ -87,7 +87,7 @@ class MPICommunicator:
         sys.stdout.flush()
         sys.stderr.flush()
         # mpiexec forwards each rank's output asynchronously, and Abort kills the job at once: give
-        # it a moment to pass the message on (without this, about 1 run in 3 lost it under load)
+        # it a moment to pass the message on (without it the crash test lost it in 2 of 25 runs)
         time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(status)
         os._exit(status)  # Abort ends the process; should it ever come back, this rank stops all the same

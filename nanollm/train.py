@@ -178,8 +178,8 @@ class Trainer:
         else:
             self.total_steps = cfg["num_steps"]
         self.schedule_cfg = {**cfg, "num_steps": self.total_steps}
-        self.step = TrainingStep(model, cfg, comm)
-        self.state = RunState(model, self.step, cfg, folder, comm, tokenizer,
+        self.training_step = TrainingStep(model, cfg, comm)
+        self.state = RunState(model, self.training_step, cfg, folder, comm, tokenizer,
                               tokens_per_step=self.windows_per_step * seq_len)
         self.unread_tokens = []  # tokens of each step since the host last read the guard
         self.evaluated_at = None
@@ -199,7 +199,7 @@ class Trainer:
         """Read the step's device guard on the host, after 0-based ``step`` (a GPU finishes its
         queued work first). True when the run diverged: the step count, tokens, last good loss
         and the reason are then set for stopping."""
-        state, guard = self.state, self.step
+        state, guard = self.state, self.training_step
         first = int(guard.diverged_at)
         if first < 0:
             self.unread_tokens = []
@@ -257,7 +257,7 @@ class Trainer:
         """The loop over steps. The host reads the step's loss, norm and guard every step when
         that is free (host arrays; see TrainingStep.reads_every_step), else only at the steps
         that need them: logs, evaluations, checkpoints, samples, rank checks and the last step."""
-        cfg, model, comm, state, step_fn = self.cfg, self.model, self.comm, self.state, self.step
+        cfg, model, comm, state, step_fn = self.cfg, self.model, self.comm, self.state, self.training_step
         start_time = time.perf_counter()
         train_seconds, interval_seconds, interval_tokens = 0.0, 0.0, 0
         self.first_step, self.before_run = state.step, (state.loss, state.grad_norm)
@@ -432,5 +432,5 @@ def _run(model, tokens, cfg, val_tokens, tokenizer, comm):
         "stopped_early": trainer.stopped_early, "diverged": trainer.diverged,
         "stopped_because": trainer.stopped_because,
         "config": cfg, "ranks": comm.size, "rank": comm.rank,
-        "communication_seconds": trainer.step.communication_seconds,
+        "communication_seconds": trainer.training_step.communication_seconds,
     }

@@ -10,7 +10,8 @@ resume       an interrupted 2-rank run (dropout on, random windows) resumed from
              ends bit for bit where the uninterrupted one does; only rank 0 wrote files
 half         float16 (float32 master weights, dynamic loss scaling) on 2 ranks against 1 rank
              accumulating the same windows, with SGD (which a gradient off by a constant factor
-             fails; Adam's scale invariance would hide it) and AdamW: same weights, and the loss falls
+             fails; Adam's scale invariance would hide it) and AdamW, for gpt2, llama and LoRA
+             adapters on a frozen llama: same weights, and the loss falls
 crash        rank 1 raises in its third backward: the job must end, not hang
 drift        rank 1's weights are nudged during step 3: the parameter check must stop the job
 """
@@ -76,16 +77,20 @@ def equivalence(comm, out):
 def half(comm, out):
     found = {}
     stream = np.arange(40 * 8 * 16 + 1) % VOCAB  # a learnable stream: each token follows from the last
-    for optimizer, lr in (("sgd", 0.5), ("adamw", 1e-2)):
+    cases = [(f"{architecture}_{optimizer}", architecture, optimizer, lr, extra)
+             for architecture, extra in (("gpt2", {}), ("llama", {}), ("llama_lora", LORA))
+             for optimizer, lr in (("sgd", 0.5), ("adamw", 1e-2))]
+    for case, architecture, optimizer, lr, extra in cases:
+        architecture = architecture.removesuffix("_lora")
         cfg = dict(BASE, batch_size=4, epochs=1, dtype="float16", optimizer=optimizer, learning_rate=lr,
-                   weight_decay=0.0, log_interval=1)
-        together = tiny_model(dtype="float32")
+                   weight_decay=0.0, log_interval=1, **extra)
+        together = tiny_model(architecture, dtype="float32")
         shared = train_with_config(together, stream, cfg)
         if comm.is_root:
-            alone = tiny_model(dtype="float32")
+            alone = tiny_model(architecture, dtype="float32")
             single = train_with_config(alone, stream, dict(cfg, grad_accum_steps=comm.size),
                                        communicator=distributed.SingleProcess())
-            found[optimizer] = {
+            found[case] = {
                 "relative_error": relative_error(alone.params, together.params),
                 "steps": [single["steps"], shared["steps"]],
                 "first_loss": [single["history"][0]["loss"], shared["history"][0]["loss"]],

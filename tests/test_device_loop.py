@@ -40,7 +40,7 @@ def gpu_path(monkeypatch):
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        self.step.reads_every_step = not path.on
+        self.training_step.reads_every_step = not path.on
 
     def read_guard(self, step):
         path.reads.append(step + 1)

@@ -59,13 +59,16 @@ def test_float16_on_two_ranks_equals_one_rank_accumulating_with_sgd_and_adamw(tm
     the loss scale that AdamW would normalise away."""
     done, found = run_scenario("half", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    for optimizer in ("sgd", "adamw"):
-        case = found[optimizer]
-        assert case["steps"][0] == case["steps"][1] == 40
-        assert case["dtypes"] == ["float32"]  # the master weights
-        assert case["relative_error"] < 1e-6, (optimizer, case)
-        assert case["loss"][0] == pytest.approx(case["loss"][1], rel=1e-6)
-        assert case["loss"][1] < 0.5 * case["first_loss"][1], (optimizer, case)  # it learns, in both setups
+    for name in ("gpt2", "llama", "llama_lora"):
+        for optimizer in ("sgd", "adamw"):
+            case = found[f"{name}_{optimizer}"]
+            assert case["steps"][0] == case["steps"][1] == 40
+            assert case["dtypes"] == ["float32"]  # the master weights
+            assert case["relative_error"] < 1e-6, (name, optimizer, case)
+            assert case["loss"][0] == pytest.approx(case["loss"][1], rel=1e-6)
+            # it learns, in both setups (rank-2 adapters on a frozen model, more slowly: 3.15 -> 2.9 here)
+            falls_to = 0.97 if name == "llama_lora" else 0.5
+            assert case["loss"][1] < falls_to * case["first_loss"][1], (name, optimizer, case)
 
 
 def test_a_resumed_two_rank_run_ends_bit_for_bit_where_the_whole_run_does(tmp_path):

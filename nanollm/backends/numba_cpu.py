@@ -597,24 +597,22 @@ def _adamw_step(param, grad, m, v, lr, beta1, beta2, eps, decay, bias1, bias2, s
 
 def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     """AdamW in one pass over param, grad, m and v, in place (see numpy_ref)."""
-    if not (param.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
-        return numpy_ref.adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
-    _adamw_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, 1.0)
+    _adamw(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, 1.0)
 
 
 def adamw_step_scaled(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, applied_steps, grad_scale):
     """adamw_step on grad * grad_scale, the scale fused into the kernel (see numpy_ref); on the
     host the two scalars cost nothing to read, and grad_scale 0 skips the step."""
     scale = param.dtype.type(grad_scale)
-    if scale == 0:
-        return
+    if scale != 0:
+        _adamw(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, int(applied_steps), scale)
+
+
+def _adamw(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, scale):
+    """The kernel on grad * scale; numpy_ref's adamw_step where the arrays are not contiguous."""
     if not (param.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
-        return numpy_ref.adamw_step_scaled(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, applied_steps,
-                                           grad_scale)
-    _adamw_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, int(applied_steps), scale)
-
-
-def _adamw_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, scale):
+        grad = grad if scale == 1 else grad.astype(param.dtype) * scale
+        return numpy_ref.adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
     f = param.dtype.type
     _adamw_step(param.reshape(-1), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1),
                 m.reshape(-1), v.reshape(-1), f(lr), f(beta1), f(beta2), f(eps), f(1.0 - lr * weight_decay),

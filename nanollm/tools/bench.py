@@ -28,8 +28,7 @@ import numpy as np
 
 from nanollm import backends
 from nanollm.backends import auto, numpy_ref
-from nanollm.model_config import KEYS as MODEL_KEYS
-from nanollm.model_config import ModelConfig, build_model
+from nanollm.model_config import KEYS as MODEL_KEYS, ModelConfig, build_model
 from nanollm.train import train_with_config
 
 # The two configs the kernels issue measures against PyTorch, plus a tiny one for --quick.
