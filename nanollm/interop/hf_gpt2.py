@@ -28,8 +28,6 @@ The file functions need the ``safetensors`` package (imported only when called);
 needs torch or transformers.
 """
 
-import json
-import os
 import re
 from pathlib import Path
 
@@ -38,11 +36,10 @@ import numpy as np
 from nanollm.model import BLOCK_PARAMS, TransformerLanguageModel
 from nanollm.model_config import parameter_shapes
 from nanollm.ops.rope import ROPE_BASE
+from nanollm.interop.files import (CONFIG_FILE, WEIGHTS_FILE, check_out_files, load_safetensors_folder,
+                                   read_json_file, require, write_safetensors)
 from nanollm.textfiles import write_json_atomically
 
-WEIGHTS_FILE = "model.safetensors"
-SHARD_INDEX_FILE = "model.safetensors.index.json"
-CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "nanollm_tokenizer.json"  # not tokenizer.json: that name is HF tokenizers' own format
 
 # nanollm block suffix -> HF block suffix (the same tensor, the same layout).
@@ -264,25 +261,6 @@ def from_hf_gpt2(state_dict, config=None):
 
 # --------------------------------------------------------------------------------- files
 
-class MissingPackageError(ImportError, ValueError):
-    """An optional package is not installed. An ImportError, and a ValueError too, so that callers
-    that print ValueErrors as one line (the CLI) show the install command, not a traceback."""
-
-
-def _safetensors(verb):
-    """The safetensors.numpy module, or a one-line MissingPackageError with the install command."""
-    try:
-        import safetensors.numpy
-    except ImportError:
-        raise MissingPackageError(f"{verb} needs the safetensors package: pip install safetensors") from None
-    return safetensors.numpy
-
-
-def _fsync(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def export_hf_gpt2(checkpoint_path, out_dir, overwrite=False):
     """Write a nanollm checkpoint as a folder ``GPT2LMHeadModel.from_pretrained(out_dir)`` loads.
 
@@ -292,7 +270,7 @@ def export_hf_gpt2(checkpoint_path, out_dir, overwrite=False):
     to a temporary name and renamed into place. Existing files are an error unless overwrite=True;
     then a stale nanollm_tokenizer.json of an earlier export is removed when this checkpoint has
     none (it would describe another model); nothing else is touched. Returns the written paths."""
-    save_file = _safetensors("exporting").save_file
+    require("safetensors.numpy", "exporting")
     from nanollm.checkpoint import read_checkpoint
 
     metadata, arrays = read_checkpoint(checkpoint_path, prefix="params/")  # not the optimizer moments
@@ -302,107 +280,19 @@ def export_hf_gpt2(checkpoint_path, out_dir, overwrite=False):
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file; give a folder to export into")
     weights, config_path, tokenizer_path = out_dir / WEIGHTS_FILE, out_dir / CONFIG_FILE, out_dir / TOKENIZER_FILE
-    if not overwrite:
-        for path in (weights, config_path, tokenizer_path):
-            if path.exists():
-                raise FileExistsError(f"{path} already exists; export to another folder or pass --overwrite "
-                                      "(overwrite=True) to replace it")
+    check_out_files((weights, config_path, tokenizer_path), overwrite)
     params = {key[len("params/"):]: value for key, value in arrays.items()}
     del arrays
-    tensors = {name: np.ascontiguousarray(value) for name, value in to_hf_gpt2(params, model_config).items()}
-    del params
+    tensors = to_hf_gpt2(params, model_config)
     hf_config = hf_gpt2_config(model_config)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    temporary = out_dir / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-    try:
-        save_file(tensors, str(temporary), metadata={"format": "pt"})  # transformers refuses files without it
-        _fsync(temporary)
-        os.replace(temporary, weights)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    del tensors
+    write_safetensors(weights, tensors)
+    del tensors, params
     written = [weights, Path(write_json_atomically(config_path, hf_config, indent=2))]
     if metadata.get("tokenizer") is not None:
         written.append(Path(write_json_atomically(tokenizer_path, metadata["tokenizer"])))
     elif tokenizer_path.exists():
         tokenizer_path.unlink()  # only reachable with overwrite=True: the old export's tokenizer
     return written
-
-
-def _read_json_file(path, what):
-    """The JSON object in ``path``, or an error naming the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; a Hugging Face GPT-2 folder needs {what}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
-    return data
-
-
-# safetensors dtype codes -> NumPy dtypes, for the files safetensors.numpy cannot read (bfloat16).
-_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-              "U8": "u1", "BOOL": "?"}
-
-
-def _load_safetensors_raw(path):
-    """Read a .safetensors file by hand (8-byte header size, JSON header, raw data), bfloat16
-    becoming float32 (its 16 bits are the top half of a float32). Only for files with bfloat16,
-    which safetensors.numpy refuses."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-        data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + size)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        raw = data[begin:end]
-        if info["dtype"] == "BF16":
-            value = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-        elif info["dtype"] in _ST_DTYPES:
-            value = np.array(raw.view(_ST_DTYPES[info["dtype"]]))
-        else:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which nanollm cannot import")
-        out[name] = value.reshape(info["shape"])
-    return out
-
-
-def _load_weights(in_dir, load_file):
-    """{HF name: array} from model.safetensors, or from the shards model.safetensors.index.json lists."""
-    weights, index = in_dir / WEIGHTS_FILE, in_dir / SHARD_INDEX_FILE
-    if weights.is_file():
-        files = [weights]
-    elif index.is_file():
-        weight_map = _read_json_file(index, "its shard index").get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index} has no 'weight_map' object; it is not a safetensors shard index")
-        files = [in_dir / shard for shard in dict.fromkeys(weight_map.values())]
-    else:
-        hint = (" (it holds pytorch_model.bin: re-save it with save_pretrained(dir, safe_serialization=True))"
-                if (in_dir / "pytorch_model.bin").exists() else "")
-        raise FileNotFoundError(f"{weights} does not exist{hint}; import needs the weights as model.safetensors")
-    state = {}
-    for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist (listed in {index})")
-        try:
-            state.update(load_file(str(path)))
-        except TypeError as exc:
-            if "bfloat16" not in str(exc):
-                raise
-            state.update(_load_safetensors_raw(path))
-        except Exception as exc:  # safetensors raises its own SafetensorError for a damaged file
-            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
-    return state
 
 
 def import_hf_gpt2(in_dir, checkpoint_path, overwrite=False):
@@ -413,7 +303,7 @@ def import_hf_gpt2(in_dir, checkpoint_path, overwrite=False):
     nanollm_tokenizer.json beside them (written by export_hf_gpt2) is saved with the model; HF's
     own tokenizer files are not read. An existing checkpoint is an error unless overwrite=True.
     Returns the checkpoint path."""
-    load_file = _safetensors("importing").load_file
+    require("safetensors.numpy", "importing")
     from nanollm.checkpoint import save_checkpoint
     from nanollm.tokenizers import tokenizer_from_dict
 
@@ -423,17 +313,17 @@ def import_hf_gpt2(in_dir, checkpoint_path, overwrite=False):
     if checkpoint_path.exists() and not overwrite:
         raise FileExistsError(f"{checkpoint_path} already exists; choose another path or pass --overwrite "
                               "(overwrite=True) to replace it")
-    model_config = model_config_from_hf(_read_json_file(in_dir / CONFIG_FILE, "config.json"))
+    model_config = model_config_from_hf(read_json_file(in_dir / CONFIG_FILE, "config.json"))
     tokenizer = None
     if (in_dir / TOKENIZER_FILE).exists():
         tokenizer_path = in_dir / TOKENIZER_FILE
-        tokenizer = tokenizer_from_dict(_read_json_file(tokenizer_path, "a tokenizer"), source=str(tokenizer_path))
+        tokenizer = tokenizer_from_dict(read_json_file(tokenizer_path, "a tokenizer"), source=str(tokenizer_path))
         if tokenizer.vocab_size != model_config["vocab_size"]:
             raise ValueError(f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                              f"{model_config['vocab_size']}; it belongs to another model (remove it to import "
                              "the weights alone)")
 
-    params = from_hf_gpt2(_load_weights(in_dir, load_file), model_config)  # shapes checked against config.json
+    params = from_hf_gpt2(load_safetensors_folder(in_dir), model_config)  # shapes checked against config.json
     layers = model_config["num_layers"]
     missing = [_hf_name(name, layers) for name in parameter_shapes(model_config) if name not in params]
     if missing:
