@@ -312,8 +312,8 @@ class TransformerLanguageModel:
         """Layernorm (gpt2) or RMSNorm (llama) of x (B, T, C), with the gain p[<prefix>.weight]
         (and the bias p[<prefix>.bias]); prefix is one of self.norm_names."""
         if self.architecture == "llama":
-            return rmsnorm_forward(x, p[f"{prefix}.weight"])
-        return layernorm_forward(x, p[f"{prefix}.weight"], p[f"{prefix}.bias"])
+            return rmsnorm_forward(x, p[f"{prefix}.weight"], self.norm_eps)
+        return layernorm_forward(x, p[f"{prefix}.weight"], p[f"{prefix}.bias"], self.norm_eps)
 
     def _linear_forward(self, x, p, matrix):
         """x @ p[<matrix>.weight] (+ bias) (+ its LoRA adapters' scale * dropout(x) @ A @ B, each

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanollm.lora import adapter_shapes, check_lora_config
+from nanollm.ops.rmsnorm import RMSNORM_EPS as NORM_EPS
 from nanollm.ops.rope import ROPE_BASE
 from nanollm.precision import HALF_DTYPES
 
@@ -46,6 +47,7 @@ class ModelConfig:
     architecture: str = "gpt2"       # gpt2 (layernorm, learned positions, GELU) or llama (RMSNorm, RoPE, SwiGLU)
     tie_embeddings: bool = True      # output layer shares wte (true) or has its own lm_head (false)
     rope_base: float = ROPE_BASE     # llama: base of the rotary angles
+    norm_eps: float = NORM_EPS       # epsilon under the square root of layernorm / RMSNorm (GPT-2, Llama 2: 1e-5)
     dtype: str = "float32"           # the parameters' dtype: float32 or float64
     lora: dict = None                # LoRA adapters {rank, alpha, dropout, targets} (see nanollm.lora), or None
 
@@ -61,7 +63,7 @@ class ModelConfig:
             num_heads=int(self.num_heads),
             num_kv_heads=int(self.num_heads if self.num_kv_heads is None else self.num_kv_heads),
             max_seq_len=int(self.max_seq_len), dropout=float(self.dropout), tie_embeddings=bool(self.tie_embeddings),
-            rope_base=float(self.rope_base), dtype=str(self.dtype), lora=check_lora_config(self.lora))
+            rope_base=float(self.rope_base), norm_eps=float(self.norm_eps), dtype=str(self.dtype), lora=check_lora_config(self.lora))
         for key, value in normalised.items():  # frozen: completed once, here
             object.__setattr__(self, key, value)
         check_head_counts(self.embedding_dim, self.num_heads, self.num_kv_heads)
@@ -150,7 +152,7 @@ class ModelConfig:
 KEYS = tuple(field.name for field in dataclasses.fields(ModelConfig))
 # What a checkpoint fixes: the settings that decide the parameter shapes (not dropout, dtype or lora).
 SHAPE_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
-              "max_seq_len", "architecture", "tie_embeddings", "rope_base")
+              "max_seq_len", "architecture", "tie_embeddings", "rope_base", "norm_eps")
 # The model keys a training config may set (None there: the model's value). dtype is a training
 # key of its own (it may ask for half-precision compute) and lora comes from the lora_* keys.
 TRAINING_KEYS = tuple(key for key in KEYS if key not in ("dtype", "lora"))
@@ -180,6 +182,9 @@ def check_value(key, value):
     elif key == "rope_base":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1.0 < value < math.inf:
             raise ValueError(f"rope_base must be a number > 1 (Llama uses 10000), got {value!r}")
+    elif key == "norm_eps":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+            raise ValueError(f"norm_eps must be a number in (0, 1) (GPT-2 and Llama 2 use 1e-5), got {value!r}")
     elif key == "tie_embeddings":
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"tie_embeddings must be true or false, got {value!r}")
