@@ -10,8 +10,9 @@ the work itself lives in launch, estimate, prepare, interop, experiments and too
     nanollm info --preset gpt2-124m           (or a checkpoint, or a config file)
     nanollm prepare input.txt data/input --tokenizer bpe
     nanollm plot runs/small
-    nanollm export --format hf-gpt2 runs/small/checkpoint_final.npz hf/small
-    nanollm import --format hf-gpt2 hf/small imported.npz
+    nanollm export runs/small hf/small                   (--format hf: GPT-2 or Llama by the model)
+    nanollm export --format gguf runs/small small.gguf   (llama.cpp, Ollama, LM Studio)
+    nanollm import hf/small imported.npz                 (or a .gguf file)
     nanollm experiments --grids depth,context --quick
     nanollm bench
 
@@ -32,7 +33,9 @@ from nanollm import config as configuration
 from nanollm import mpi_launch
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-HF_FORMATS = ("hf-gpt2",)
+# --format of export and import: "hf" picks GPT-2 or Llama by the model; gguf is llama.cpp's file.
+MODEL_FORMATS = ("hf", "hf-gpt2", "hf-llama", "gguf")
+GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 class UsageError(Exception):
@@ -273,21 +276,41 @@ def cmd_plot(args):
     return 0
 
 
+def _model_format(given, path):
+    """--format as given, else gguf for a .gguf path and hf for anything else."""
+    return given or ("gguf" if str(path).lower().endswith(".gguf") else "hf")
+
+
 def cmd_export(args):
     from nanollm.checkpoint import find_checkpoint
-    from nanollm.interop import export_hf_gpt2
+    from nanollm.interop import export_gguf, export_hf
 
-    written = export_hf_gpt2(find_checkpoint(args.checkpoint), args.out_dir, overwrite=args.overwrite)
+    checkpoint = find_checkpoint(args.checkpoint)
+    if _model_format(args.format, args.out) == "gguf":
+        written = [export_gguf(checkpoint, args.out, dtype=args.dtype, overwrite=args.overwrite)]
+        hint = f"run it with llama.cpp: llama-cli -m {args.out} -p 'ROMEO:' -n 100"
+    else:
+        if args.dtype is not None:
+            raise UsageError("--dtype applies to --format gguf only (a Hugging Face export keeps the checkpoint's "
+                             "dtype)", "nanollm export")
+        written = export_hf(checkpoint, args.out, overwrite=args.overwrite,
+                            architecture={"hf-gpt2": "gpt2", "hf-llama": "llama"}.get(args.format))
+        config = json.loads((Path(args.out) / "config.json").read_text(encoding="utf-8"))
+        hint = f"load it with: transformers.{config['architectures'][0]}.from_pretrained({str(args.out)!r})"
     for path in written:
         print(path)
-    print(f"load it with: transformers.GPT2LMHeadModel.from_pretrained({str(args.out_dir)!r})")
+    print(hint)
     return 0
 
 
 def cmd_import(args):
-    from nanollm.interop import import_hf_gpt2
+    from nanollm.interop import import_gguf, import_hf
 
-    print(import_hf_gpt2(args.in_dir, args.checkpoint, overwrite=args.overwrite))
+    if _model_format(args.format, args.source) == "gguf":
+        print(import_gguf(args.source, args.checkpoint, overwrite=args.overwrite))
+    else:
+        print(import_hf(args.source, args.checkpoint, overwrite=args.overwrite,
+                        architecture={"hf-gpt2": "gpt2", "hf-llama": "llama"}.get(args.format)))
     return 0
 
 
@@ -389,19 +412,27 @@ def build_parser():
     plot.add_argument("--out", default=None, help="PNG to write (default: curves.png in each run folder)")
     plot.set_defaults(parser=plot, handler=cmd_plot)
 
-    export = commands.add_parser("export", help="a checkpoint -> a Hugging Face model folder",
-                                 description="Write model.safetensors and config.json that "
-                                             "transformers.GPT2LMHeadModel.from_pretrained loads.")
-    export.add_argument("--format", default="hf-gpt2", choices=HF_FORMATS, help="the format to write")
+    export = commands.add_parser(
+        "export", help="a checkpoint -> a Hugging Face folder or a GGUF file",
+        description="hf: model.safetensors, config.json and tokenizer files that transformers' "
+                    "GPT2LMHeadModel / LlamaForCausalLM.from_pretrained loads (by the model's architecture). "
+                    "gguf: one file for llama.cpp, Ollama and LM Studio.")
+    export.add_argument("--format", default=None, choices=MODEL_FORMATS,
+                        help="the format to write (default: gguf for a .gguf path, else hf)")
+    export.add_argument("--dtype", default=None, choices=GGUF_DTYPES,
+                        help="gguf: the matrices' type (default f32; norms stay f32)")
     export.add_argument("checkpoint", help="a checkpoint file or run folder")
-    export.add_argument("out_dir", help="folder to write")
-    export.add_argument("--overwrite", action="store_true", help="replace model files already in out_dir")
+    export.add_argument("out", help="the folder (hf) or .gguf file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace model files already there")
     export.set_defaults(parser=export, handler=cmd_export)
 
-    imp = commands.add_parser("import", help="a Hugging Face GPT-2 folder -> a checkpoint",
-                              description="Read config.json and model.safetensors and write a nanollm checkpoint.")
-    imp.add_argument("--format", default="hf-gpt2", choices=HF_FORMATS, help="the format to read")
-    imp.add_argument("in_dir", help="a folder with config.json and model.safetensors")
+    imp = commands.add_parser("import", help="a Hugging Face folder or a GGUF file -> a checkpoint",
+                              description="Read a GPT-2 or Llama model (config.json + model.safetensors, or a "
+                                          ".gguf file) with its tokenizer and write a nanollm checkpoint, "
+                                          "ready for sample or train --init-from.")
+    imp.add_argument("--format", default=None, choices=MODEL_FORMATS,
+                     help="the format to read (default: gguf for a .gguf path, else hf)")
+    imp.add_argument("source", help="a folder with config.json and model.safetensors, or a .gguf file")
     imp.add_argument("checkpoint", help="the .npz checkpoint to write")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     imp.set_defaults(parser=imp, handler=cmd_import)

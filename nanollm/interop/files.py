@@ -4,6 +4,7 @@
     read_json_file(path, what)                   a JSON object, or an error naming the file
     write_safetensors(path, tensors)             atomically (textfiles.write_atomically)
     load_safetensors_folder(folder)              {name: NumPy array} from model.safetensors or its shards
+    check_shape(name, value, shapes, source)     an array's shape against a parameter table
 """
 
 import importlib
@@ -69,6 +70,24 @@ def write_safetensors(path, tensors):
     save = require("safetensors.numpy", "writing safetensors").save
     contiguous = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
     return write_atomically(path, lambda f: f.write(save(contiguous, metadata={"format": "pt"})))
+
+
+def check_shape(name, value, shapes, source):
+    """A ValueError when an array's shape differs from the config's (scalars are not checked)."""
+    shape = getattr(value, "shape", None)
+    if shapes is not None and shape is not None and tuple(shape) != shapes[name]:
+        raise ValueError(f"{source} has shape {tuple(shape)} but the config says {shapes[name]}; pass the config "
+                         "of the model these arrays belong to")
+
+
+def as_numpy(value):
+    """A torch tensor -> NumPy (sharing memory where it can; bfloat16 via float32); else unchanged."""
+    if type(value).__module__.startswith("torch"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
+    return value
 
 
 # safetensors dtype codes -> NumPy dtypes, for the files safetensors.numpy cannot read (bfloat16).

@@ -2,7 +2,7 @@
 
     to_hf_gpt2(model.params, model.config)     {"transformer.h.0.attn.c_attn.weight": (C, 3C), ...}
     from_hf_gpt2(state_dict)                   {"blocks.0.attn.qkv.weight": (C, 3C), ...}
-    export_hf_gpt2("run/checkpoint_final.npz", "hf/")   model.safetensors + config.json (+ tokenizer)
+    export_hf_gpt2("run/checkpoint_final.npz", "hf/")   model.safetensors + config.json (+ tokenizer), see hf.py
     import_hf_gpt2("hf/", "run/imported.npz")           a nanollm checkpoint of the same model
 
 Why no layout changes: nanollm's GPT-2 *is* GPT-2. Its linear weights are (in, out) with
@@ -29,19 +29,15 @@ needs torch or transformers.
 """
 
 import re
-from pathlib import Path
 
 import numpy as np
 
-from nanollm.model import BLOCK_PARAMS, TransformerLanguageModel
+from nanollm.interop.files import as_numpy, check_shape
+from nanollm.model import BLOCK_PARAMS
 from nanollm.model_config import parameter_shapes
 from nanollm.ops.rope import ROPE_BASE
-from nanollm.interop.files import (CONFIG_FILE, WEIGHTS_FILE, check_out_files, load_safetensors_folder,
-                                   read_json_file, require, write_safetensors)
-from nanollm.textfiles import write_json_atomically
 
-TOKENIZER_FILE = "nanollm_tokenizer.json"  # not tokenizer.json: that name is HF tokenizers' own format
-
+MODEL_CLASS = "GPT2LMHeadModel"
 # nanollm block suffix -> HF block suffix (the same tensor, the same layout).
 BLOCK_NAMES = {
     "ln1.weight": "ln_1.weight", "ln1.bias": "ln_1.bias",
@@ -62,7 +58,6 @@ _OUR_BLOCK = re.compile(r"blocks\.(0|[1-9][0-9]*)\.(.+)")
 _HF_BLOCK = re.compile(r"h\.(0|[1-9][0-9]*)\.(.+)")
 
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # both are 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-LAYERNORM_EPS = 1e-5
 # What GPT2Config assumes for a key that config.json leaves out (transformers' defaults).
 HF_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
                "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1,
@@ -118,7 +113,7 @@ def hf_gpt2_config(model_config):
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": c["vocab_size"], "n_positions": c["max_seq_len"], "n_embd": c["embedding_dim"],
         "n_layer": c["num_layers"], "n_head": c["num_heads"], "n_inner": c["ffn_hidden_dim"],
-        "activation_function": "gelu_new", "layer_norm_epsilon": LAYERNORM_EPS,
+        "activation_function": "gelu_new", "layer_norm_epsilon": float(c.get("norm_eps", 1e-5)),
         "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout,
         "initializer_range": 0.02, "tie_word_embeddings": True, "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
@@ -154,9 +149,6 @@ def model_config_from_hf(hf_config):
             raise ValueError(f"{flag}=True is not supported by nanollm's attention; only plain GPT-2 imports")
     if not h["scale_attn_weights"]:
         raise ValueError("scale_attn_weights=False is not supported: nanollm always scales scores by 1/sqrt(head_dim)")
-    if abs(float(h["layer_norm_epsilon"]) - LAYERNORM_EPS) > 1e-12:
-        raise ValueError(f"layer_norm_epsilon={h['layer_norm_epsilon']} is not supported: nanollm's layernorm uses "
-                         f"eps={LAYERNORM_EPS}")
     dtype = str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32").removeprefix("torch.")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; nanollm loads {', '.join(DTYPES)} weights")
@@ -165,18 +157,10 @@ def model_config_from_hf(hf_config):
                 ffn_hidden_dim=int(4 * h["n_embd"] if n_inner is None else n_inner),
                 num_heads=int(h["n_head"]), num_kv_heads=int(h["n_head"]), max_seq_len=int(h["n_positions"]),
                 dropout=float(h["resid_pdrop"]), architecture="gpt2", tie_embeddings=True, rope_base=ROPE_BASE,
-                dtype=DTYPES[dtype], lora=None)
+                norm_eps=float(h["layer_norm_epsilon"]), dtype=DTYPES[dtype], lora=None)
 
 
 # --------------------------------------------------------------------------------- names
-
-def _check_shape(name, value, shapes, source):
-    """A ValueError when an array's shape differs from the config's (scalars are not checked)."""
-    shape = getattr(value, "shape", None)
-    if shapes is not None and shape is not None and tuple(shape) != shapes[name]:
-        raise ValueError(f"{source} has shape {tuple(shape)} but the config says {shapes[name]}; pass the config "
-                         "of the model these arrays belong to")
-
 
 def _hf_name(name, num_layers):
     """nanollm name -> HF name (with the transformer. prefix), or None for an unknown name."""
@@ -204,19 +188,9 @@ def to_hf_gpt2(arrays, config):
         if hf is None:
             raise ValueError(f"unknown parameter name {name!r} for a {config['num_layers']}-layer GPT-2; keys must "
                              "be those of model.params (wte, wpe, blocks.<i>.<...>, ln_f.weight, ln_f.bias)")
-        _check_shape(name, value, shapes, f"{name!r}")
+        check_shape(name, value, shapes, f"{name!r}")
         out[hf] = value
     return out
-
-
-def _as_array(value):
-    """A torch tensor -> NumPy (sharing memory where it can; bfloat16 via float32); else unchanged."""
-    if type(value).__module__.startswith("torch"):
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        return value.numpy()
-    return value
 
 
 def from_hf_gpt2(state_dict, config=None):
@@ -235,7 +209,7 @@ def from_hf_gpt2(state_dict, config=None):
         bare = hf[len(HF_PREFIX):] if hf.startswith(HF_PREFIX) else hf
         match = _HF_BLOCK.fullmatch(bare)
         if hf == "lm_head.weight":
-            lm_head = _as_array(value)
+            lm_head = as_numpy(value)
             continue
         if match and match[2] in HF_BUFFERS:
             continue
@@ -248,8 +222,8 @@ def from_hf_gpt2(state_dict, config=None):
                              "(transformer.wte/wpe/h.<i>/ln_f..., lm_head tied to wte)")
         if name in out:
             raise ValueError(f"{hf!r} and {origin[name]!r} are the same weight; give a state dict with each once")
-        _check_shape(name, value, shapes, f"{hf!r}")
-        out[name], origin[name] = _as_array(value), hf
+        check_shape(name, value, shapes, f"{hf!r}")
+        out[name], origin[name] = as_numpy(value), hf
     if lm_head is not None:
         if "wte" not in out:
             out["wte"] = lm_head  # tied: the output layer is the token embedding
@@ -257,80 +231,3 @@ def from_hf_gpt2(state_dict, config=None):
             raise ValueError("lm_head.weight differs from wte: untied output layers are not supported; nanollm's "
                              "output layer is the token embedding wte")
     return out
-
-
-# --------------------------------------------------------------------------------- files
-
-def export_hf_gpt2(checkpoint_path, out_dir, overwrite=False):
-    """Write a nanollm checkpoint as a folder ``GPT2LMHeadModel.from_pretrained(out_dir)`` loads.
-
-    Writes out_dir/model.safetensors (the parameters under HF names), out_dir/config.json
-    (``hf_gpt2_config``) and, when the checkpoint holds a tokenizer, out_dir/nanollm_tokenizer.json
-    (nanollm's own tokenizer dict: HF reserves tokenizer.json for its format). Each file is written
-    to a temporary name and renamed into place. Existing files are an error unless overwrite=True;
-    then a stale nanollm_tokenizer.json of an earlier export is removed when this checkpoint has
-    none (it would describe another model); nothing else is touched. Returns the written paths."""
-    require("safetensors.numpy", "exporting")
-    from nanollm.checkpoint import read_checkpoint
-
-    metadata, arrays = read_checkpoint(checkpoint_path, prefix="params/")  # not the optimizer moments
-    model_config = metadata["model_config"]
-    check_gpt2_compatible(model_config)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} is a file; give a folder to export into")
-    weights, config_path, tokenizer_path = out_dir / WEIGHTS_FILE, out_dir / CONFIG_FILE, out_dir / TOKENIZER_FILE
-    check_out_files((weights, config_path, tokenizer_path), overwrite)
-    params = {key[len("params/"):]: value for key, value in arrays.items()}
-    del arrays
-    tensors = to_hf_gpt2(params, model_config)
-    hf_config = hf_gpt2_config(model_config)
-    write_safetensors(weights, tensors)
-    del tensors, params
-    written = [weights, Path(write_json_atomically(config_path, hf_config, indent=2))]
-    if metadata.get("tokenizer") is not None:
-        written.append(Path(write_json_atomically(tokenizer_path, metadata["tokenizer"])))
-    elif tokenizer_path.exists():
-        tokenizer_path.unlink()  # only reachable with overwrite=True: the old export's tokenizer
-    return written
-
-
-def import_hf_gpt2(in_dir, checkpoint_path, overwrite=False):
-    """Turn a Hugging Face GPT-2 folder (config.json + model.safetensors) into a nanollm checkpoint.
-
-    The model dtype follows the weights: float64 stays float64, float32 stays float32, and
-    float16/bfloat16 weights are converted to float32 (nanollm computes in 32 or 64 bits). A
-    nanollm_tokenizer.json beside them (written by export_hf_gpt2) is saved with the model; HF's
-    own tokenizer files are not read. An existing checkpoint is an error unless overwrite=True.
-    Returns the checkpoint path."""
-    require("safetensors.numpy", "importing")
-    from nanollm.checkpoint import save_checkpoint
-    from nanollm.tokenizers import tokenizer_from_dict
-
-    in_dir, checkpoint_path = Path(in_dir), Path(checkpoint_path)
-    if not in_dir.is_dir():
-        raise FileNotFoundError(f"{in_dir} is not a folder; give the folder holding config.json and model.safetensors")
-    if checkpoint_path.exists() and not overwrite:
-        raise FileExistsError(f"{checkpoint_path} already exists; choose another path or pass --overwrite "
-                              "(overwrite=True) to replace it")
-    model_config = model_config_from_hf(read_json_file(in_dir / CONFIG_FILE, "config.json"))
-    tokenizer = None
-    if (in_dir / TOKENIZER_FILE).exists():
-        tokenizer_path = in_dir / TOKENIZER_FILE
-        tokenizer = tokenizer_from_dict(read_json_file(tokenizer_path, "a tokenizer"), source=str(tokenizer_path))
-        if tokenizer.vocab_size != model_config["vocab_size"]:
-            raise ValueError(f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
-                             f"{model_config['vocab_size']}; it belongs to another model (remove it to import "
-                             "the weights alone)")
-
-    params = from_hf_gpt2(load_safetensors_folder(in_dir), model_config)  # shapes checked against config.json
-    layers = model_config["num_layers"]
-    missing = [_hf_name(name, layers) for name in parameter_shapes(model_config) if name not in params]
-    if missing:
-        raise ValueError(f"the weights in {in_dir} lack {len(missing)} tensors of a {layers}-layer GPT-2, "
-                         f"e.g. {missing[:3]}; save the whole model")
-    model_config["dtype"] = DTYPES.get(np.dtype(params["wte"].dtype).name, "float32")
-    model = TransformerLanguageModel(**model_config)
-    for name in list(model.params):  # replace the random weights one by one: one copy at a time
-        model.params[name] = np.asarray(params.pop(name), dtype=model_config["dtype"])
-    return Path(save_checkpoint(checkpoint_path, model, step=0, config=None, tokenizer=tokenizer))
