@@ -13,6 +13,7 @@ the work itself lives in launch, estimate, prepare, interop, experiments and too
     nanollm export runs/small hf/small                   (--format hf: GPT-2 or Llama by the model)
     nanollm export --format gguf runs/small small.gguf   (llama.cpp, Ollama, LM Studio)
     nanollm import hf/small imported.npz                 (or a .gguf file)
+    nanollm merge runs/lora merged.npz                   (LoRA adapters folded in, for export)
     nanollm experiments --grids depth,context --quick
     nanollm bench
 
@@ -314,6 +315,19 @@ def cmd_import(args):
     return 0
 
 
+def cmd_merge(args):
+    from nanollm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; choose another path or pass --overwrite")
+    checkpoint = find_checkpoint(args.checkpoint)
+    info = load_checkpoint(checkpoint)
+    if info["model"].lora is None:
+        raise ValueError(f"{checkpoint} has no LoRA adapters to merge; export or use it as it is")
+    print(save_checkpoint(args.out, info["model"].merge_lora(), tokenizer=info["tokenizer"]))
+    return 0
+
+
 def cmd_experiments(args):
     from nanollm.experiments import run_experiments
 
@@ -429,13 +443,21 @@ def build_parser():
     imp = commands.add_parser("import", help="a Hugging Face folder or a GGUF file -> a checkpoint",
                               description="Read a GPT-2 or Llama model (config.json + model.safetensors, or a "
                                           ".gguf file) with its tokenizer and write a nanollm checkpoint, "
-                                          "ready for sample or train --init-from.")
+                                          "ready for sample or train --init_from=CHECKPOINT.")
     imp.add_argument("--format", default=None, choices=MODEL_FORMATS,
                      help="the format to read (default: gguf for a .gguf path, else hf)")
     imp.add_argument("source", help="a folder with config.json and model.safetensors, or a .gguf file")
     imp.add_argument("checkpoint", help="the .npz checkpoint to write")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     imp.set_defaults(parser=imp, handler=cmd_import)
+
+    merge = commands.add_parser("merge", help="fold a LoRA run's adapters into its weights",
+                                description="W += alpha / rank * A @ B for every adapter, written as a plain "
+                                            "checkpoint (step 0, no optimizer state) that export takes.")
+    merge.add_argument("checkpoint", help="a LoRA run's checkpoint file or run folder")
+    merge.add_argument("out", help="the .npz checkpoint to write")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    merge.set_defaults(parser=merge, handler=cmd_merge)
 
     experiments = commands.add_parser(
         "experiments", help="scaling experiments: grids of model sizes, depths, widths, contexts",

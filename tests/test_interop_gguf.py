@@ -265,3 +265,48 @@ def test_gguf_export_runs_in_llama_cpp_with_nanollms_logits_and_tokens(tmp_path,
     print(f"{architecture} ({tokenizer}): llama.cpp's logits differ by {error:.2e} (relative)")
     # llama.cpp's GPT-2 GELU reads an f16 table: ~1e-4 there; llama agrees to float32 rounding
     assert error < (1e-5 if architecture == "llama" else 1e-3)
+
+
+def test_gguf_interop_bench_prints_a_line_per_format(capsys):
+    pytest.importorskip("safetensors", reason="the Hugging Face export needs safetensors")
+    from nanollm.tools import interop_bench
+
+    assert interop_bench.main(["--shapes", "medium"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("medium Llama: 993,024 parameters")
+    assert [line.split()[:2] for line in lines[1:]] == [["hf", "f32"], ["gguf", "f32"], ["gguf", "f16"],
+                                                        ["gguf", "bf16"], ["gguf", "q8_0"]]
+
+
+def test_gguf_cli_lora_run_merged_exported_imported_and_fine_tuned(tmp_path):
+    """The whole path on the command line: a LoRA run cannot leave unmerged (one line, says merge),
+    merges, leaves as GGUF, comes back in, and fine-tunes again with LoRA (train --init_from=...)."""
+    import subprocess
+    import sys
+
+    from nanollm.corpus import synthetic_text
+
+    def nanollm(*args, check=True):
+        done = subprocess.run([sys.executable, "-m", "nanollm", *map(str, args)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert not check or done.returncode == 0, done.stderr
+        return done
+
+    (tmp_path / "input.txt").write_text(synthetic_text(20_000, seed=0), encoding="utf-8")
+    tiny_run = ["--data", "input.txt", "--embedding_dim=32", "--num_layers=1", "--num_heads=4", "--max_seq_len=32",
+                "--batch_size=4", "--num_steps=6", "--eval_interval=6", "--log_interval=6", "--eval_steps=1",
+                "--architecture=llama"]
+    nanollm("train", *tiny_run, "--out", "base")
+    nanollm("train", *tiny_run, "--init_from=base", "--lora_rank=2", "--out", "lora")
+    refused = nanollm("export", "lora", "lora.gguf", check=False)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "merge them" in refused.stderr and "nanollm merge" in refused.stderr
+    nanollm("merge", "lora", "merged.npz")
+    nanollm("export", "merged.npz", "merged.gguf")  # a .gguf path: --format gguf
+    nanollm("import", "merged.gguf", "imported.npz")
+    merged, imported = load_checkpoint(tmp_path / "merged.npz"), load_checkpoint(tmp_path / "imported.npz")
+    assert imported["tokenizer"].to_dict() == merged["tokenizer"].to_dict()
+    for name, value in merged["model"].params.items():
+        assert np.array_equal(imported["model"].params[name], value), name
+    nanollm("train", *tiny_run, "--init_from=imported.npz", "--lora_rank=2", "--out", "again")
+    assert (tmp_path / "again" / "checkpoint_final.npz").exists()

@@ -83,7 +83,7 @@ def check_gpt2_compatible(config):
                          "models map onto GPT2LMHeadModel")
     if config.get("lora") is not None:
         raise ValueError("the model has LoRA adapters, which GPT-2 has no place for; merge them into the weights "
-                         "first (model.merge_lora()) and export the merged model")
+                         "first (nanollm merge RUN OUT.npz, or model.merge_lora()) and export the merged model")
     if config.get("tie_embeddings", True) is not True:
         raise ValueError("tie_embeddings=False (an output layer of its own) is not exported: nanollm's GPT-2 "
                          "export writes the tied layout; train with tie_embeddings=true to export")

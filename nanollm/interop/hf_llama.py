@@ -62,7 +62,7 @@ def check_llama_compatible(config):
                          "with --format hf-gpt2 (or --format hf, which picks by architecture)")
     if config.get("lora") is not None:
         raise ValueError("the model has LoRA adapters, which Llama has no place for; merge them into the weights "
-                         "first (nanollm merge, or model.merge_lora()) and export the merged model")
+                         "first (nanollm merge RUN OUT.npz, or model.merge_lora()) and export the merged model")
 
 
 def hf_llama_config(model_config):
