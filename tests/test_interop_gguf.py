@@ -219,6 +219,60 @@ def write_gguf_like_llama_cpps_converter(hf_model, path):
     writer.close()
 
 
+def write_gguf_like_llama_cpps_gpt2_converter(hf_model, path):
+    """A transformers GPT2LMHeadModel as convert_hf_to_gguf.py writes it: Conv1D weights
+    transposed to (out, in), the causal-mask buffers dropped, output.weight a copy of wte."""
+    config = hf_model.config
+    names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+             "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    writer = gguf.GGUFWriter(path, "gpt2")
+    writer.add_context_length(config.n_positions)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(4 * config.n_embd if config.n_inner is None else config.n_inner)
+    writer.add_block_count(config.n_layer)
+    writer.add_head_count(config.n_head)
+    writer.add_layer_norm_eps(config.layer_norm_epsilon)
+    for name, tensor in hf_model.state_dict().items():
+        data = tensor.numpy()
+        if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+            continue
+        if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+            data = data.T
+        base, kind = name.removeprefix("transformer.").rsplit(".", 1)
+        if base.startswith("h."):
+            layer, rest = base[2:].split(".", 1)
+            gguf_name = f"blk.{layer}.{names[rest]}"
+        else:
+            gguf_name = {"wte": "token_embd", "wpe": "position_embd", "ln_f": "output_norm"}[base]
+        writer.add_tensor(f"{gguf_name}.{kind}", np.ascontiguousarray(data))
+        if gguf_name == "token_embd":
+            writer.add_tensor("output.weight", np.ascontiguousarray(data))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_written_from_a_transformers_gpt2_imports_with_its_logits(tmp_path):
+    transformers = transformers_or_skip()
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf_model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in hf_model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    write_gguf_like_llama_cpps_gpt2_converter(hf_model, tmp_path / "hf.gguf")
+    model = load_checkpoint(import_gguf(tmp_path / "hf.gguf", tmp_path / "c.npz"))["model"]
+    assert model.config["tie_embeddings"] is True and model.config["ffn_hidden_dim"] == 128
+    idx = np.random.default_rng(1).integers(0, 50, size=(2, 16))
+    with torch.no_grad():
+        theirs = hf_model(torch.from_numpy(idx)).logits.numpy()
+    assert relative_error(theirs, model.forward(idx)[0]) < 1e-5
+
+
 def test_gguf_written_from_a_transformers_llama_imports_with_its_logits(tmp_path):
     transformers = transformers_or_skip()
     import torch
