@@ -53,8 +53,9 @@ def _publish(staging, folder):
 
 
 def _make_tokenizer(tokenizer, text_for_vocab, vocab_size, min_frequency, special_tokens):
-    """The tokenizer to encode with: an object as given, a saved one loaded from its path, or a
-    new "char"/"bpe" one built from ``text_for_vocab()`` (a function: only called when needed)."""
+    """The tokenizer to encode with: an object as given, a saved one loaded from its path (a file
+    or a folder, in any form load_tokenizer reads), or a new "char"/"bpe" one built from
+    ``text_for_vocab()`` (a function: only called when needed)."""
     if not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
     if tokenizer == "char":
@@ -62,9 +63,11 @@ def _make_tokenizer(tokenizer, text_for_vocab, vocab_size, min_frequency, specia
     if tokenizer == "bpe":
         return BPETokenizer(vocab_size=vocab_size, min_frequency=min_frequency,
                             special_tokens=special_tokens).build_vocab(text=text_for_vocab())
-    if not Path(tokenizer).is_file():
-        raise ValueError(f"tokenizer={str(tokenizer)!r} is neither 'char', 'bpe' nor a saved tokenizer.json file")
-    return load_tokenizer(tokenizer)
+    if not Path(tokenizer).exists():
+        raise ValueError(f"tokenizer={str(tokenizer)!r} is neither 'char', 'bpe' nor a saved tokenizer.json (nor "
+                         "another tokenizer file or folder that load_tokenizer reads: a Hugging Face tokenizer.json, "
+                         "vocab.json + merges.txt, a .tiktoken ranks file)")
+    return load_tokenizer(tokenizer)  # a file or a folder, in any form nanollm reads
 
 
 def _encode(tokenizer, text, source, allow_special):
@@ -165,7 +168,9 @@ def prepare(input_path, out_dir, tokenizer="char", vocab_size=4096, min_frequenc
     val.bin (+ train_mask.bin, val_mask.bin for instruction data), tokenizer.json, meta.json.
 
     tokenizer: "char", "bpe" (learned with vocab_size and min_frequency), a tokenizer object, or
-    the path of a saved tokenizer.json (to encode fine-tuning data with a pretrained model's).
+    the path of a saved tokenizer (to encode fine-tuning data with a pretrained model's): any file
+    or folder ``load_tokenizer`` reads (nanollm's tokenizer.json, a Hugging Face tokenizer.json,
+    GPT-2's vocab.json + merges.txt, a tiktoken ranks file, or a folder holding one).
     instruction_format: None (plain text; a .jsonl input means "auto"), "auto", "alpaca" or
     "sharegpt". Text is read and encoded in pieces, so its size is not bounded by memory.
     Returns meta.json's content."""

@@ -1,18 +1,21 @@
 """Text <-> token ids: a character tokenizer and a byte-level BPE tokenizer, saved as JSON, never pickled.
 
-(About 590 lines: the two tokenizers share one JSON format, the special-token handling and
+(About 900 lines: the two tokenizers share one JSON format, the special-token handling and
 tokenizer_from_dict; apart, that format would be written twice.)
 
 CharTokenizer: one id per distinct character, ids in sorted character order (as nanoGPT's
 shakespeare_char), then the special tokens in the order given. Tiny vocabulary, long sequences:
 the simplest thing that trains.
 
-BPETokenizer: byte-level byte-pair encoding as GPT-2. Ids 0..255 are the raw UTF-8 bytes, so any
-text can be encoded and nothing is ever out of vocabulary; then one id per learned merge, in
-learning order; then the special tokens (GPT-2's "<|endoftext|>" last). Text is first cut around
-special tokens, then into chunks by GPT-2's pre-tokenization pattern (words with their leading
-space, numbers, punctuation runs, whitespace), and merges never cross a chunk. Fewer, longer tokens
-than characters: a model sees more text for the same context length.
+BPETokenizer: byte-level byte-pair encoding as GPT-2. Every byte is a token, so any text can be
+encoded and nothing is ever out of vocabulary; merges join adjacent tokens into longer ones. Text
+is first cut around special tokens, then into chunks by GPT-2's pre-tokenization pattern (words
+with their leading space, numbers, punctuation runs, whitespace), and merges never cross a chunk.
+Fewer, longer tokens than characters: a model sees more text for the same context length. A
+trained one has nanollm's layout: ids 0..255 are the raw bytes, then one id per learned merge in
+learning order, then the special tokens (GPT-2's "<|endoftext|>" last). ``from_vocab`` and
+``from_ranks`` hold any other byte-level BPE vocabulary (GPT-2's own, `tokenizers`', tiktoken's)
+and encode exactly as those libraries do; nanollm.interop.tokenizer_files reads and writes their files.
 
 Both tokenizers share one interface::
 
@@ -31,16 +34,25 @@ File formats (UTF-8 JSON, written atomically: a temporary file beside the target
      "special_tokens": {"<|endoftext|>": 256 + len(merges)},
      "tokens": ["th", "e ", ...]}                    saved files only: token k's text, for humans;
                                                      ignored on load (the merges are the truth)
+    {"kind": "bpe", "format_version": 2, "pattern": "gpt2",     any other vocabulary
+     "merge_rule": "merges" or "ranks",            see BPETokenizer
+     "tokens": ["!", "\"", ..., "Ġthe", ...],      each id's token in GPT-2's byte-level spelling
+                                                   (special tokens: their text)
+     "merges": [[left_id, right_id], ...],          "merges" rule only: first rank first
+     "ignore_merges": true,                         only when set
+     "special_tokens": {"<|endoftext|>": 50256}}
 
 Checkpoints store ``to_dict()`` and rebuild with ``tokenizer_from_dict``.
 """
 
+import array
 import codecs
 import heapq
 import json
 import os
 import re
 from collections import Counter
+from itertools import repeat
 
 from nanollm.textfiles import read_text_file, write_json_atomically
 
@@ -225,28 +237,86 @@ class CharTokenizer:
         return cls.from_dict(_read_json(path), source=str(path))
 
 
-# GPT-2's pre-tokenization pattern in stdlib `re` syntax: see pretokenize() for the translation.
+# GPT-2's pre-tokenization pattern as GPT-2, tiktoken and `tokenizers` write it (the `regex` module's syntax).
+GPT2_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Its quick stdlib `re` form: exact on text without the characters _GPT2Chunker sends to the exact form.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
-PATTERNS = {"gpt2": GPT2_PATTERN}
-_COMPILED = {name: re.compile(pattern) for name, pattern in PATTERNS.items()}
+PATTERNS = {"gpt2": GPT2_REGEX}
+# Unicode's White_Space property (stable since Unicode 4.1): \s of GPT-2's pattern. Python's \s adds \x1c-\x1f.
+WHITE_SPACE = r"\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _class_ranges(code_points):
+    """Sorted code points (iterable of int) -> the inside of a regex character class: "\\U...-\\U..." runs."""
+    parts, start, last = [], None, None
+    for cp in code_points:
+        if start is not None and cp == last + 1:
+            last = cp
+            continue
+        if start is not None:
+            parts.append(f"\\U{start:08x}" + (f"-\\U{last:08x}" if last > start else ""))
+        start = last = cp
+    if start is not None:
+        parts.append(f"\\U{start:08x}" + (f"-\\U{last:08x}" if last > start else ""))
+    return "".join(parts)
+
+
+class _GPT2Chunker:
+    r"""GPT2_REGEX with stdlib `re`: ``findall(text)`` -> the chunks GPT-2's `regex` pattern gives.
+
+    Stdlib `re` has no \p{..}, and its \w, \d, \s differ from \p{L}, \p{N} and White_Space in two
+    places: numbers that are not decimal digits (categories Nl and No: "²", "½", "Ⅻ", "①") are in \w
+    but not \d, and \s holds \x1c-\x1f, which White_Space does not. GPT2_PATTERN (\p{L} as [^\W\d_],
+    \p{N} as \d, \s as \s) is therefore exact on text without those characters, and is the fast
+    one. Text with any of them (or any character beyond U+FFFF, to keep the check one quick class)
+    goes to the exact form, whose classes are built at first use from this Python's unicodedata
+    (about 0.05 s): Nl/No join \p{N} and leave \p{L}, and \s is White_Space, written out.
+
+    Exact means: the same chunks as GPT-2's pattern under the Unicode version of this Python's
+    unicodedata (3.11: 14.0). The `regex` module, `tokenizers` (Oniguruma) and tiktoken (Rust)
+    carry newer tables, so characters assigned after that version (unassigned here, hence neither
+    letter nor number) may split differently.
+    """
+
+    def __init__(self):
+        self._fast = re.compile(GPT2_PATTERN)
+        self._exact = self._needs_exact = None
+
+    def _build(self):
+        everything = array.array("I", range(0x110000)).tobytes().decode("utf-32-le", "surrogatepass")
+        other_numbers = []  # Nl and No: in [^\W\d_] (str.isnumeric) but not str.isalpha (the categories L*)
+        for match in re.finditer(r"[^\W\d_]+", everything):
+            run = match.group()
+            if not run.isalpha():
+                other_numbers.extend(ord(ch) for ch in run if not ch.isalpha())
+        numbers = _class_ranges(other_numbers)
+        letter, number = rf"[^\W\d_{numbers}]", rf"[\d{numbers}]"
+        other = r"(?:[^\s\w]|[_\x1c-\x1f])"  # neither White_Space, \p{L} nor \p{N}: "_" and \x1c-\x1f too
+        space = f"[{WHITE_SPACE}]"
+        self._exact = re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?{letter}+| ?{number}+| ?{other}+"
+                                 rf"|{space}+(?![^{WHITE_SPACE}])|{space}+")
+        bmp_numbers = _class_ranges(cp for cp in other_numbers if cp < 0x10000)
+        self._needs_exact = re.compile(rf"[\x1c-\x1f{bmp_numbers}\U00010000-\U0010ffff]")
+
+    def findall(self, text):
+        if self._exact is None:
+            self._build()
+        chunker = self._fast if self._needs_exact.search(text) is None else self._exact
+        return chunker.findall(text)
+
+
+_CHUNKERS = {"gpt2": _GPT2Chunker()}
 
 
 def pretokenize(text, pattern="gpt2"):
     r"""text (str) -> list of chunks (str) that BPE merges within; "".join(chunks) == text always.
 
-    GPT-2 splits with the `regex` module's pattern
+    GPT-2 splits with the `regex` module's pattern GPT2_REGEX,
         's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-    Stdlib `re` has no \p{..} classes (and nanollm takes no dependency for them), so:
-        \p{L} (letter) -> [^\W\d_]    word characters that are neither digits nor "_"
-        \p{N} (number) -> \d          Unicode decimal digits (category Nd) only
-        other          -> [^\s\w]|_   neither whitespace nor word character, or "_"
-    Letters, digits, other and \s between them cover every character, so nothing is ever dropped.
-    The splits equal GPT-2's (checked on Tiny Shakespeare and on random mixed-script text) except
-    in rare characters: \w holds every str.isalnum() character, so numbers that are not decimal
-    digits (superscripts "²", fractions "½", Roman numerals "Ⅻ") count as letters here; and \s
-    follows str.isspace(), which also holds the control characters \x1c-\x1f.
+    which _GPT2Chunker reproduces with stdlib `re` (nanollm takes no dependency for \p{..}): the
+    same chunks, up to the Unicode versions of the tables (see _GPT2Chunker).
     """
-    return _COMPILED[pattern].findall(text)
+    return _CHUNKERS[pattern].findall(text)
 
 
 _SURROGATEPASS = codecs.lookup_error("surrogatepass")
@@ -277,28 +347,42 @@ def _merge_pair(ids, left, right, new_id):
     return out
 
 
-def _merge_by_rank(ids, ranks):
-    """ids (list of int) with the pairs in ranks ({(left, right): new id}) merged, lowest new id first.
+_NO_MERGE = 1 << 62  # the rank of a pair that never merges: above every real rank
 
-    Each round merges every occurrence of the adjacent pair learned first, as replaying the merges
-    in training order would. O(len(ids) * rounds): right for the short chunks of ordinary text."""
-    missing = float("inf")
-    while len(ids) > 1:
-        best = min(zip(ids, ids[1:]), key=lambda pair: ranks.get(pair, missing))
-        new_id = ranks.get(best)
-        if new_id is None:
+
+def _merge_by_rank(ids, ranks, made=None):
+    """ids (list of int) with the pairs in ranks ({(left, right): rank}) merged one at a time: each
+    step merges the adjacent pair of lowest rank, the leftmost among equals, as `tokenizers` and
+    tiktoken do. made[rank] is the id that merge makes; made=None when the rank is that id itself
+    (nanollm's own layout, tiktoken's ranks). O(len(ids) * merges): right for short chunks.
+
+    For a vocabulary that nanollm trained this equals replaying the merges in training order: a
+    merge only creates pairs that rank after it, so equal ranks are the same pair, left to right."""
+    ids = list(ids)
+    get = ranks.get
+    pair_ranks = list(map(get, zip(ids, ids[1:]), repeat(_NO_MERGE)))  # pair_ranks[i]: (ids[i], ids[i + 1])
+    while pair_ranks:
+        rank = min(pair_ranks)
+        if rank == _NO_MERGE:
             break
-        ids = _merge_pair(ids, best[0], best[1], new_id)
+        i = pair_ranks.index(rank)
+        new_id = rank if made is None else made[rank]
+        ids[i] = new_id
+        del ids[i + 1], pair_ranks[i]
+        if i < len(pair_ranks):
+            pair_ranks[i] = get((new_id, ids[i + 1]), _NO_MERGE)
+        if i:
+            pair_ranks[i - 1] = get((ids[i - 1], new_id), _NO_MERGE)
     return ids
 
 
-def _merge_by_rank_heap(ids, ranks):
+def _merge_by_rank_heap(ids, ranks, made=None):
     """The same result as ``_merge_by_rank`` in O(n log n), for long chunks (a line of base64, DNA, ...).
 
-    The ids form a linked list; a heap holds (new id, position) of every mergeable adjacent pair, so
-    the lowest rank goes first and, within a rank, the leftmost, as the round-by-round scan does.
-    A merge only creates pairs with a higher new id than its own, so the order stays right. An entry
-    is stale when its pair no longer stands at that position (ids only grow, so none comes back)."""
+    The ids form a linked list; a heap holds (rank, position) of every mergeable adjacent pair, so
+    the lowest rank goes first and, within a rank, the leftmost, as `tokenizers`' BPE does. An
+    entry is stale when the pair standing at its position no longer has its rank (a pair changes
+    only by growing, and a longer byte string is another token, of another rank)."""
     n = len(ids)
     values = list(ids)                 # values[i]: the id at position i, None once merged away
     following = list(range(1, n + 1))  # following[i]: the next live position (n: none)
@@ -306,28 +390,100 @@ def _merge_by_rank_heap(ids, ranks):
     heap = [(ranks[pair], i) for i, pair in enumerate(zip(ids, ids[1:])) if pair in ranks]
     heapq.heapify(heap)
     while heap:
-        new_id, i = heapq.heappop(heap)
+        rank, i = heapq.heappop(heap)
         j = following[i]
-        if values[i] is None or j >= n or ranks.get((values[i], values[j])) != new_id:
+        if values[i] is None or j >= n or ranks.get((values[i], values[j])) != rank:
             continue
+        new_id = rank if made is None else made[rank]
         values[i], values[j] = new_id, None
         k = following[j]
         following[i] = k
         if k < n:
             preceding[k] = i
-            rank = ranks.get((new_id, values[k]))
-            if rank is not None:
-                heapq.heappush(heap, (rank, i))
+            next_rank = ranks.get((new_id, values[k]))
+            if next_rank is not None:
+                heapq.heappush(heap, (next_rank, i))
         h = preceding[i]
         if h >= 0:
-            rank = ranks.get((values[h], new_id))
-            if rank is not None:
-                heapq.heappush(heap, (rank, h))
+            next_rank = ranks.get((values[h], new_id))
+            if next_rank is not None:
+                heapq.heappush(heap, (next_rank, h))
     return [v for v in values if v is not None]
 
 
+def _show(token):
+    """How an error message shows a token (bytes): as text when it is UTF-8, else as bytes."""
+    try:
+        return repr(token.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(token)
+
+
+def _is_id(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _vocab_table(tokens, special_tokens, source):
+    """Check from_vocab's tokens (bytes per id; None at special ids) and special_tokens ({text: id}):
+    returns (vocab: id -> bytes, special_tokens, index: {bytes: id} of the tokens that are not special)."""
+    if (not isinstance(special_tokens, dict) or not all(isinstance(t, str) and t for t in special_tokens)
+            or not all(_is_id(i) and i >= 0 for i in special_tokens.values())):
+        raise ValueError(f"{source}: special_tokens must map non-empty strings to integer ids >= 0")
+    by_id = {}
+    for text, i in special_tokens.items():
+        if i in by_id:
+            raise ValueError(f"{source}: special tokens {by_id[i]!r} and {text!r} both have id {i}")
+        by_id[i] = text
+    tokens = list(tokens)
+    size = max(len(tokens), max(by_id, default=-1) + 1)
+    vocab, index = [], {}
+    for i in range(size):
+        token = tokens[i] if i < len(tokens) else None
+        if i in by_id:
+            text = by_id[i].encode("utf-8", "surrogatepass")
+            if token is not None and token != text:
+                raise ValueError(f"{source}: id {i} is the special token {by_id[i]!r} but its token is {_show(token)}")
+            vocab.append(text)
+            continue
+        if not isinstance(token, (bytes, bytearray)) or not token:
+            raise ValueError(f"{source}: id {i} has no token ({token!r}); ids must run from 0 to {size - 1}, each "
+                             "a non-empty byte string or a special token")
+        token = bytes(token)
+        if token in index:
+            raise ValueError(f"{source}: ids {index[token]} and {i} are both the token {_show(token)}; a vocabulary "
+                             "holds each byte string once")
+        index[token] = i
+        vocab.append(token)
+    missing = [b for b in range(256) if bytes([b]) not in index]
+    if missing:
+        raise ValueError(f"{source}: no token is the single byte {missing[0]:#04x} ({len(missing)} of the 256 bytes "
+                         "are missing); a byte-level BPE needs all 256 (with `tokenizers`, train with "
+                         "initial_alphabet=pre_tokenizers.ByteLevel.alphabet())")
+    return vocab, dict(special_tokens), index
+
+
+def _merges_from_ranks(vocab, index):
+    """tiktoken's ranks as merges ((left, right, made) id triples): every split of a token into two
+    tokens, ordered by the token's rank (its id), then by the ranks of the two parts; the merges
+    transformers' TikTokenConverter derives."""
+    merges = []
+    for token_id, token in enumerate(vocab):
+        if len(token) < 2 or index.get(token) != token_id:  # a byte, or a special token
+            continue
+        local = []
+        for cut in range(1, len(token)):
+            left, right = index.get(token[:cut]), index.get(token[cut:])
+            if left is not None and right is not None:
+                local.append((left, right, token_id))
+        local.sort()
+        merges.extend(local)
+    return merges
+
+
 class BPETokenizer:
-    """Byte-level BPE as GPT-2: ``build_vocab(path_or_text)`` learns merges, ``encode``, ``decode``.
+    """Byte-level BPE as GPT-2: ``build_vocab(path_or_text)`` learns merges, ``encode``, ``decode``;
+    ``from_vocab`` and ``from_ranks`` hold any other byte-level BPE (GPT-2's own, a `tokenizers` or
+    a tiktoken vocabulary) and encode as those libraries do.
 
     vocab_size (int): the most ids wanted, counting the 256 bytes, the merges and the special
     tokens; training stops earlier when the most frequent pair occurs fewer than min_frequency
@@ -342,17 +498,31 @@ class BPETokenizer:
     merged pair are touched) and the best pair comes from a heap with lazy invalidation, so an 8k
     vocabulary on 1 MB of text takes seconds in pure Python. (Text without spaces, such as DNA or
     base64, makes a few very long chunks, each rewritten whole by every merge it holds: slow.)
+    Training never makes two tokens of the same bytes: a token's merges happen inside its own
+    bytes exactly as they would in a chunk of those bytes alone, so the first merge that makes
+    them makes them everywhere, and no later merge meets the same bytes in two parts.
 
-    Encoding: each chunk's bytes are merged by rank (repeatedly the adjacent pair learned first),
-    which gives the same ids as replaying the merges in order; results are cached per chunk.
-    Decoding never fails for ids in range: bytes that are not valid UTF-8 become U+FFFD, and
+    Vocabularies: a trained one has nanollm's layout (ids 0..255 the bytes, then one id per merge
+    in learning order, then the special tokens). Any other is an id -> bytes table (GPT-2's id 0
+    is "!"), merges ranked by their place in the list whatever ids they make, and special tokens
+    at any ids. ``merge_rule`` says which adjacent pair of a chunk merges next:
+        "merges"  the pair listed first in the merges (GPT-2's merges.txt, `tokenizers`' BPE)
+        "ranks"   any two tokens whose bytes make a token, that token of lowest rank (= id) first;
+                  a chunk that is itself a token is that token (tiktoken; see from_ranks)
+    Under both, equal ranks merge leftmost first, one merge at a time, as both libraries do.
+    ``ignore_merges`` (with "merges"): a chunk that is itself a token is that token (`tokenizers`).
+
+    Encoding: each chunk's bytes are merged by that rule; results are cached per chunk. Decoding
+    never fails for ids in range: bytes that are not valid UTF-8 become U+FFFD, and
     decode(encode(s)) == s for every str s, lone surrogates included (encoded "surrogatepass").
     """
 
     kind = "bpe"
-    FORMAT_VERSION = 1
+    FORMAT_VERSION = 1     # files of nanollm's layout; every other vocabulary is written as version 2
+    FORMAT_VERSIONS = (1, 2)
     CACHE_LIMIT = 100_000  # chunk -> ids entries kept before the encode cache is cleared
     LONG_CHUNK = 64        # chunks of more bytes merge with a heap: O(n log n), not O(n * merges)
+    MERGE_RULES = ("merges", "ranks")
 
     def __init__(self, vocab_size=8192, min_frequency=2, special_tokens=("<|endoftext|>",), pattern="gpt2"):
         self._special_list = _check_special_tokens(special_tokens)
@@ -367,26 +537,113 @@ class BPETokenizer:
         self.requested_vocab_size = vocab_size
         self.min_frequency = min_frequency
         self.pattern = pattern
-        self._chunker = _COMPILED[pattern]
-        self._splitter = _special_splitter(self._special_list)
+        self._chunker = _CHUNKERS[pattern]
         self._set_merges([])
 
     def _set_merges(self, merges):
-        """Install merges (list of (left, right) int pairs; merge k makes id 256 + k) and derive the tables."""
-        self.merges = [tuple(pair) for pair in merges]
-        self._ranks = {pair: 256 + k for k, pair in enumerate(self.merges)}  # pair -> new id; lower = earlier
+        """Install nanollm's layout: merges (list of (left, right) int pairs; merge k makes id 256 + k),
+        then the special tokens in the order of self._special_list."""
+        merges = [tuple(pair) for pair in merges]
         vocab = [bytes([b]) for b in range(256)]
-        for left, right in self.merges:
+        for left, right in merges:
             vocab.append(vocab[left] + vocab[right])
         first_special = len(vocab)
-        self.special_tokens = {token: first_special + k for k, token in enumerate(self._special_list)}
+        special = {token: first_special + k for k, token in enumerate(self._special_list)}
         vocab.extend(token.encode("utf-8", "surrogatepass") for token in self._special_list)
-        self._vocab = vocab  # id -> bytes
+        self._install(vocab, [(left, right, 256 + k) for k, (left, right) in enumerate(merges)], special)
+
+    def _install(self, vocab, merges, special_tokens, merge_rule="merges", ignore_merges=False):
+        """Derive every table from vocab (id -> bytes; a special id holds its text's UTF-8), merges
+        ((left, right, made) id triples, first rank first) and special_tokens ({text: id})."""
+        self._vocab = vocab
+        self.special_tokens = dict(special_tokens)
+        self._special_list = tuple(sorted(special_tokens, key=special_tokens.get))
+        self._splitter = _special_splitter(self._special_list)
+        self.merges = [(left, right) for left, right, _ in merges]  # in rank order
+        self.merge_rule, self.ignore_merges = merge_rule, ignore_merges
+        specials = set(special_tokens.values())
+        index = {token: i for i, token in enumerate(vocab) if i not in specials}  # bytes -> id, special ids aside
+        byte_ids = [index[bytes([b])] for b in range(256)]
+        self._byte_ids = None if byte_ids == list(range(256)) else byte_ids  # byte -> its id (None: the byte)
+        made = [new_id for _, _, new_id in merges]
+        if merge_rule == "ranks" or all(a < b for a, b in zip(made, made[1:])):
+            self._ranks = {(left, right): new_id for left, right, new_id in merges}  # the rank is the id made
+            self._made = None
+        else:
+            self._ranks = {(left, right): k for k, (left, right, _) in enumerate(merges)}  # pair -> rank
+            self._made = made                                                          # rank -> id made
+        self._whole = index if ignore_merges or merge_rule == "ranks" else None  # chunk bytes -> id
+        self._nanollm_layout = (merge_rule == "merges" and not ignore_merges and self._byte_ids is None
+                                and made == list(range(256, 256 + len(made)))
+                                and all(left < new_id and right < new_id for left, right, new_id in merges)
+                                and sorted(specials) == list(range(256 + len(made), len(vocab))))
         self._cache = {}
+
+    @classmethod
+    def _assemble(cls, vocab, merges, special_tokens, pattern, merge_rule, ignore_merges, source):
+        ordered = sorted(special_tokens, key=special_tokens.get)
+        try:
+            tokenizer = cls(vocab_size=len(vocab), special_tokens=ordered, pattern=pattern)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        tokenizer._install(vocab, merges, special_tokens, merge_rule, bool(ignore_merges))
+        return tokenizer
+
+    @classmethod
+    def from_vocab(cls, tokens, merges, special_tokens=None, pattern="gpt2", ignore_merges=False,
+                   source="vocabulary"):
+        """Any byte-level BPE with the "merges" rule (GPT-2's vocab.json + merges.txt, `tokenizers`).
+
+        tokens: each id's bytes, in id order (None, or the text's UTF-8, at a special id; special
+        ids may also follow the list); every single byte must be a token, no bytes twice.
+        merges: (left bytes, right bytes) pairs, first rank first; left, right and left + right
+        must be tokens. special_tokens: {text: id}. A ValueError naming ``source`` if malformed."""
+        vocab, special, index = _vocab_table(tokens, special_tokens or {}, source)
+        triples, seen = [], {}
+        for k, pair in enumerate(merges):
+            if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                    or not all(isinstance(part, (bytes, bytearray)) for part in pair)):
+                raise ValueError(f"{source}: merge {k} is {pair!r}, not a (left bytes, right bytes) pair")
+            left, right = bytes(pair[0]), bytes(pair[1])
+            for part in (left, right, left + right):
+                if part not in index:
+                    raise ValueError(f"{source}: merge {k} ({_show(left)} + {_show(right)}) needs the token "
+                                     f"{_show(part)}, which is not in the vocabulary")
+            ids = (index[left], index[right])
+            if ids in seen:
+                raise ValueError(f"{source}: merge {k} ({_show(left)} + {_show(right)}) repeats merge {seen[ids]}")
+            seen[ids] = k
+            triples.append((ids[0], ids[1], index[left + right]))
+        return cls._assemble(vocab, triples, special, pattern, "merges", ignore_merges, source)
+
+    @classmethod
+    def from_ranks(cls, ranks, special_tokens=None, pattern="gpt2", source="ranks"):
+        """tiktoken's form, the "ranks" rule: ranks {token bytes: rank} (tiktoken's mergeable_ranks);
+        a token's id is its rank, and special_tokens ({text: id}) fill the ids the ranks leave.
+
+        Two adjacent tokens merge when their bytes make a token, the lowest rank first, and a chunk
+        that is itself a token is that token: tiktoken's encoder. ``merges`` lists every split of a
+        token into two tokens, as transformers' TikTokenConverter derives them."""
+        if not isinstance(ranks, dict):
+            raise ValueError(f"{source}: ranks must be a dict of token bytes to ranks, got {type(ranks).__name__}")
+        tokens = {}
+        for token, rank in ranks.items():
+            if not _is_id(rank) or rank < 0:
+                raise ValueError(f"{source}: token {_show(token)} has rank {rank!r}, not an integer >= 0")
+            if rank in tokens:
+                raise ValueError(f"{source}: tokens {_show(tokens[rank])} and {_show(token)} both have rank {rank}")
+            tokens[rank] = token
+        table = [tokens.get(i) for i in range(max(tokens, default=-1) + 1)]
+        return cls._from_rank_table(table, special_tokens or {}, pattern, source)
+
+    @classmethod
+    def _from_rank_table(cls, tokens, special_tokens, pattern, source):
+        vocab, special, index = _vocab_table(tokens, special_tokens, source)
+        return cls._assemble(vocab, _merges_from_ranks(vocab, index), special, pattern, "ranks", True, source)
 
     @property
     def vocab_size(self):
-        """The real number of ids: 256 bytes + merges + special tokens."""
+        """The real number of ids: every token, special tokens included."""
         return len(self._vocab)
 
     # ---- training -----------------------------------------------------------------------------
@@ -462,11 +719,16 @@ class BPETokenizer:
     # ---- encoding and decoding ----------------------------------------------------------------
 
     def _encode_chunk(self, chunk):
-        """One pre-tokenized chunk (str) -> ids (list of int), merged by rank."""
-        ids = list(chunk.encode("utf-8", "surrogatepass"))
+        """One pre-tokenized chunk (str) -> ids (list of int), merged by the merge rule."""
+        data = chunk.encode("utf-8", "surrogatepass")
+        if self._whole is not None:
+            token_id = self._whole.get(data)
+            if token_id is not None:
+                return [token_id]
+        ids = list(data) if self._byte_ids is None else list(map(self._byte_ids.__getitem__, data))
         if len(ids) > self.LONG_CHUNK:
-            return _merge_by_rank_heap(ids, self._ranks)
-        return _merge_by_rank(ids, self._ranks)
+            return _merge_by_rank_heap(ids, self._ranks, self._made)
+        return _merge_by_rank(ids, self._ranks, self._made)
 
     def _encode_ordinary(self, text, ids):
         """Append the ids of text without special tokens to ids (list)."""
@@ -509,17 +771,35 @@ class BPETokenizer:
         """The text of one id, for people reading a vocabulary (invalid UTF-8 shown as U+FFFD)."""
         return self.decode([token_id])
 
+    def token_bytes(self, token_id):
+        """The bytes of one id (a special token: its text's UTF-8)."""
+        return self._vocab[_check_ids([token_id], len(self._vocab))[0]]
+
     # ---- files --------------------------------------------------------------------------------
 
     def to_dict(self):
-        """A JSON-able dict: the merges and the special tokens, from which every id follows."""
-        return {"kind": self.kind, "format_version": self.FORMAT_VERSION, "pattern": self.pattern,
-                "merges": [list(pair) for pair in self.merges], "special_tokens": dict(self.special_tokens)}
+        """A JSON-able dict from which every id follows. nanollm's layout (a trained tokenizer) is
+        format_version 1: the merges and the special tokens. Any other vocabulary is version 2:
+        every id's token in GPT-2's byte-level spelling (special tokens as their text), the merge
+        rule, and for the "merges" rule the merges as [left id, right id] (for "ranks" they follow)."""
+        if self._nanollm_layout:
+            return {"kind": self.kind, "format_version": 1, "pattern": self.pattern,
+                    "merges": [list(pair) for pair in self.merges], "special_tokens": dict(self.special_tokens)}
+        from nanollm.interop.tokenizer_files import byte_level_tokens
+
+        data = {"kind": self.kind, "format_version": 2, "pattern": self.pattern, "merge_rule": self.merge_rule,
+                "tokens": byte_level_tokens(self), "special_tokens": dict(self.special_tokens)}
+        if self.merge_rule == "merges":
+            data["merges"] = [list(pair) for pair in self.merges]
+        if self.ignore_merges:
+            data["ignore_merges"] = True
+        return data
 
     def save(self, path):
-        """Write the tokenizer as JSON (atomically), with each merged token's text for people to read."""
+        """Write the tokenizer as JSON (atomically); format_version 1 adds each merged token's text for people."""
         data = self.to_dict()
-        data["tokens"] = [self.token_text(256 + k) for k in range(len(self.merges))]
+        if data["format_version"] == 1:
+            data["tokens"] = [self.token_text(256 + k) for k in range(len(self.merges))]
         return write_json_atomically(path, data)
 
     @classmethod
@@ -530,12 +810,14 @@ class BPETokenizer:
             raise ValueError(f"{source} is not a BPETokenizer (expected kind 'bpe', found kind {kind!r}); "
                              "load_tokenizer reads any kind")
         version = data.get("format_version")
-        if version != cls.FORMAT_VERSION:
+        if version not in cls.FORMAT_VERSIONS:
             raise ValueError(f"{source} has BPE tokenizer format_version {version!r}; this nanollm reads "
-                             f"{cls.FORMAT_VERSION}")
+                             f"{' and '.join(map(str, cls.FORMAT_VERSIONS))}")
         pattern = data.get("pattern")
         if pattern not in PATTERNS:
             raise ValueError(f"{source} has pre-tokenization pattern {pattern!r}; known: {', '.join(PATTERNS)}")
+        if version == 2:
+            return cls._from_dict_v2(data, pattern, source)
         merges = data.get("merges")
         if not isinstance(merges, list):
             raise ValueError(f"{source} has no 'merges' list")
@@ -568,6 +850,34 @@ class BPETokenizer:
         return tokenizer
 
     @classmethod
+    def _from_dict_v2(cls, data, pattern, source):
+        from nanollm.interop.tokenizer_files import unspell_token
+
+        tokens, special = data.get("tokens"), data.get("special_tokens")
+        if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
+            raise ValueError(f"{source} has no 'tokens' list of strings (format_version 2)")
+        if not isinstance(special, dict) or not all(_is_id(i) for i in special.values()):
+            raise ValueError(f"{source}: 'special_tokens' must map strings to integer ids")
+        rule = data.get("merge_rule")
+        if rule not in cls.MERGE_RULES:
+            raise ValueError(f"{source} has merge_rule {rule!r}; known: {', '.join(cls.MERGE_RULES)}")
+        special_ids = set(special.values())
+        table = [None if i in special_ids else unspell_token(token, i, source) for i, token in enumerate(tokens)]
+        if rule == "ranks":
+            return cls._from_rank_table(table, special, pattern, source)
+        merges = data.get("merges")
+        if not isinstance(merges, list):
+            raise ValueError(f"{source} has no 'merges' list")
+        pairs = []
+        for k, pair in enumerate(merges):
+            if (not isinstance(pair, list) or len(pair) != 2
+                    or not all(_is_id(i) and 0 <= i < len(table) and table[i] is not None for i in pair)):
+                raise ValueError(f"{source}: merge {k} is {pair!r}, not a [left id, right id] pair of ids of "
+                                 "tokens that are not special")
+            pairs.append((table[pair[0]], table[pair[1]]))
+        return cls.from_vocab(table, pairs, special, pattern, bool(data.get("ignore_merges", False)), source)
+
+    @classmethod
     def load(cls, path):
         """Read a tokenizer written by ``save``."""
         return cls.from_dict(_read_json(path), source=str(path))
@@ -585,5 +895,9 @@ def tokenizer_from_dict(data, source="tokenizer data"):
 
 
 def load_tokenizer(path):
-    """Read any tokenizer written by ``save`` (the class is chosen by the file's "kind")."""
-    return tokenizer_from_dict(_read_json(path), source=str(path))
+    """Any tokenizer nanollm reads: its own JSON (the class chosen by "kind"), a Hugging Face
+    tokenizer.json, GPT-2's vocab.json + merges.txt, a tiktoken ranks file, or a folder holding
+    one of them (nanollm.interop.tokenizer_files.read_tokenizer says how each is recognised)."""
+    from nanollm.interop.tokenizer_files import read_tokenizer  # not at the top: that module imports this one
+
+    return read_tokenizer(path)

@@ -273,7 +273,7 @@ def test_load_tokenizer_dispatch_and_errors(tmp_path):
     ({"merges": "ab"}, "no 'merges' list"),
     ({"special_tokens": {EOT: 300}}, r"special token ids must follow the merges: 257 to 257"),
     ({"special_tokens": [EOT]}, "'special_tokens' must map strings to integer ids"),
-    ({"format_version": 2}, "format_version 2; this nanollm reads 1"),
+    ({"format_version": 3}, "format_version 3; this nanollm reads 1 and 2"),
     ({"pattern": "cl100k"}, "pattern 'cl100k'"),
 ])
 def test_malformed_bpe_files_are_errors_naming_the_file(tmp_path, change, message):
