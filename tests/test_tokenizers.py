@@ -85,6 +85,16 @@ def test_incremental_training_matches_plain_recounting(lines, min_frequency):
     assert tok.merges == reference_merges(pretokenize(text), 40, min_frequency)
 
 
+@settings(max_examples=max(100, settings.default.max_examples))
+@given(st.lists(st.text(alphabet="aab= \n", max_size=40), max_size=12), st.integers(20, 80))
+def test_training_never_makes_two_tokens_of_the_same_bytes(lines, num_merges):
+    """vocab.json and tokenizer.json hold one id per token string: training must not need two."""
+    text = "\n".join(lines) + "\n"
+    tok = BPETokenizer(vocab_size=256 + num_merges, min_frequency=1, special_tokens=()).build_vocab(text)
+    tokens = [tok.token_bytes(i) for i in range(tok.vocab_size)]
+    assert len(set(tokens)) == len(tokens)
+
+
 def test_training_stops_below_min_frequency():
     text = "ab ab ab cd\n"  # pairs: " a" 2, "ab" 3, " c" 1, "cd" 1
     tok = BPETokenizer(vocab_size=1000, min_frequency=2, special_tokens=(EOT,)).build_vocab(text)

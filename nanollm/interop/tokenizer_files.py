@@ -496,7 +496,7 @@ def read_tokenizer(path):
     if path.is_dir():
         return _read_folder(path)
     head = _read_head(path)
-    if head.lstrip().startswith(b"{"):
+    if head.lstrip()[:1] in (b"{", b"["):
         return _read_json_form(path)
     first_line = head.split(b"\n", 1)[0]
     if _RANKS_LINE.match(first_line):
