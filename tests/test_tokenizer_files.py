@@ -199,6 +199,47 @@ def test_gpt2_real_ranks_encode_as_tiktoken_and_export_to_tokenizers(text, tmp_p
     assert again.to_dict() == gpt2.to_dict() and again.encode(text[-30_000:]) == gpt2.encode(text[-30_000:])
 
 
+def gpt2_merge(token, ranks):
+    """The one merge that makes ``token`` in GPT-2's merges.txt: BPE on its bytes with the merges
+    ranked before it, which leaves two parts (tiktoken's data_gym conversion checks the same)."""
+    parts, limit = [bytes([b]) for b in token], ranks[token]
+    while len(parts) > 2:
+        found = [(ranks.get(a + b, limit), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(found)
+        assert rank < limit
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def test_gpt2_vocab_json_and_merges_txt_encode_as_tiktoken(text, tmp_path):
+    """GPT-2's vocab.json + merges.txt, rebuilt from its ranks, read by nanollm and by `tokenizers`
+    (GPT-2's tokenizer.json settings) encode as tiktoken does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    if not GPT2_TIKTOKEN.is_file():
+        pytest.skip(f"GPT-2's ranks are not at {GPT2_TIKTOKEN} (see the test above)")
+    ranks = tiktoken.load.load_tiktoken_bpe(str(GPT2_TIKTOKEN))
+    spell = tf.spell_token
+    vocab = {spell(token): rank for token, rank in ranks.items()}
+    vocab[EOT] = 50256
+    merges = [" ".join(map(spell, gpt2_merge(token, ranks))) for token, _ in sorted(ranks.items(), key=lambda kv: kv[1])
+              if len(token) > 1]
+    assert len(merges) == 50000
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    ours = load_tokenizer(tmp_path)
+    assert ours.special_tokens == {EOT: 50256} and ours.merge_rule == "merges" and ours._made is None
+    expected = tiktoken_encoding(GPT2_TIKTOKEN, {EOT: 50256}).encode(text, allowed_special="all")
+    assert ours.encode(text) == expected
+    hf = Tokenizer(models.BPE(vocab, [tuple(merge.split(" ")) for merge in merges]))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.post_processor, hf.decoder = processors.ByteLevel(trim_offsets=False), decoders.ByteLevel()
+    hf.add_special_tokens([EOT])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    assert hf.encode(text).ids == expected
+    assert tf.load_hf_tokenizer_json(tmp_path / "tokenizer.json").to_dict() == ours.to_dict()
+
+
 # ---- writing tokenizer.json ---------------------------------------------------------------------
 
 def test_saved_tokenizer_json_loads_in_tokenizers_and_encodes_identically(trained, ours_trained, text, tmp_path):
