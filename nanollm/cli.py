@@ -374,8 +374,10 @@ def build_parser():
     train.add_argument("--out", default=None, help="run folder (default: runs/<preset>, or runs/<preset>-N if "
                                                    "taken; a resumed run: its checkpoint's folder)")
     train.add_argument("--resume", default=None, help="continue from this checkpoint or run folder")
-    train.add_argument("--tokenizer", default="char", help="for a text --data file: char, bpe (vocab_size tokens, "
-                                                           "default 4096) or a tokenizer.json path")
+    train.add_argument("--tokenizer", default="char",
+                       help="for a text --data file: char, bpe (vocab_size tokens, default 4096) or a saved tokenizer: "
+                            "nanollm's or Hugging Face's tokenizer.json, vocab.json (merges.txt beside it), a "
+                            ".tiktoken file, or a folder holding one")
     train.add_argument("--num-samples", type=int, default=2, help="samples printed after training")
     add_config_options(train)
     train.set_defaults(parser=train, handler=cmd_train)
@@ -392,7 +394,9 @@ def build_parser():
     sample.add_argument("--top-p", type=float, default=None, help="sample within this much probability (nucleus)")
     sample.add_argument("--seed", type=int, default=None, help="sample i uses seed + i: the same seed, the same text")
     sample.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line")
-    sample.add_argument("--tokenizer", default=None, help="a tokenizer.json, for a checkpoint without one")
+    sample.add_argument("--tokenizer", default=None,
+                        help="a saved tokenizer (tokenizer.json, vocab.json + merges.txt, .tiktoken, or a folder "
+                             "holding one), for a checkpoint without one")
     sample.set_defaults(parser=sample, handler=cmd_sample)
 
     info = commands.add_parser("info", usage="nanollm info [SOURCE] [options] [--key=value ...]", help="sizes, FLOPs and training memory of a config or checkpoint",
@@ -411,7 +415,9 @@ def build_parser():
                                            "tokenizer.json and meta.json.")
     prep.add_argument("input", help="a UTF-8 text file or a .jsonl instruction file")
     prep.add_argument("out_dir", help="folder to write")
-    prep.add_argument("--tokenizer", default="char", help="char, bpe, or a tokenizer.json to encode with")
+    prep.add_argument("--tokenizer", default="char",
+                      help="char, bpe, or a saved tokenizer to encode with (tokenizer.json, vocab.json + merges.txt, "
+                           ".tiktoken, or a folder holding one)")
     prep.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
     prep.add_argument("--min-frequency", type=int, default=2, help="BPE: stop merging pairs rarer than this")
     prep.add_argument("--val-fraction", type=float, default=0.1, help="share of the text held out for validation")

@@ -148,7 +148,8 @@ def test_export_import_round_trip_through_files(tmp_path, dtype):
     checkpoint = save_checkpoint(tmp_path / "run" / "checkpoint.npz", model, step=7, tokenizer=tok)
     out_dir = tmp_path / "hf"
     written = export_hf_gpt2(checkpoint, out_dir)
-    assert sorted(p.name for p in written) == ["config.json", "model.safetensors", "nanollm_tokenizer.json"]
+    assert sorted(p.name for p in written) == ["config.json", "model.safetensors", "nanollm_tokenizer.json",
+                                               "tokenizer.json"]
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
 
     imported = import_hf_gpt2(out_dir, tmp_path / "imported.npz")

@@ -160,11 +160,12 @@ def test_gguf_export_loads_in_transformers_with_nanollms_logits(tmp_path, archit
     transformers = transformers_or_skip()
     import torch
 
-    # transformers reads a GGUF GPT-2's vocabulary size from its tokenizer and maps context_length
-    # to n_ctx, not n_positions (so wpe must have GPT2Config's default 1024 rows)
+    # transformers reads a GGUF GPT-2's vocabulary size from its tokenizer, and maps context_length
+    # to n_ctx and feed_forward_length to a key GPT2Config ignores (so wpe must have GPT2Config's
+    # default 1024 rows and the MLP its default 4 C); llama.cpp reads both (test below)
     tok = tokenizer_of("bpe")
-    model = tiny(architecture, tied, vocab_size=tok.vocab_size, **({"max_seq_len": 1024} if architecture == "gpt2"
-                                                                     else {}))
+    gpt2_defaults = {"max_seq_len": 1024, "ffn_hidden_dim": 128} if architecture == "gpt2" else {}
+    model = tiny(architecture, tied, vocab_size=tok.vocab_size, **gpt2_defaults)
     export_gguf(save_checkpoint(tmp_path / "c.npz", model, tokenizer=tok), tmp_path / "m.gguf", dtype=dtype)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf",
                                                                  torch_dtype=torch.float32).eval()

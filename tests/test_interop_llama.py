@@ -169,3 +169,24 @@ def test_hf_saved_llama_imports_with_the_same_logits_and_greedy_tokens(tmp_path,
         their_tokens = hf_model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
                                          min_new_tokens=10)[0].tolist()
     assert generate_ids(model, prompt, 10, temperature=0) == their_tokens
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_hf_llama_export_tokenizer_loads_in_autotokenizer_with_our_ids(tmp_path, kind):
+    transformers = transformers_or_skip()
+    pytest.importorskip("tokenizers", reason="tokenizers is not installed")
+    from nanollm import BPETokenizer, CharTokenizer
+
+    text = ("First Citizen:\nBefore we proceed any further, hear me speak.\n"
+            "def f(x):\n    return x ** 2  # émoji 🙂 and 漢字<|endoftext|>\n") * 4
+    tok = (BPETokenizer(vocab_size=300) if kind == "bpe" else CharTokenizer(special_tokens=("<|endoftext|>",))
+           ).build_vocab(text=text)
+    model = llama_model(vocab_size=tok.vocab_size)
+    written = export_hf(save_checkpoint(tmp_path / "c.npz", model, tokenizer=tok), tmp_path / "hf")
+    assert {p.name for p in written} == {"model.safetensors", "config.json", "nanollm_tokenizer.json",
+                                         "tokenizer.json"}
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert theirs.encode(text) == tok.encode(text)
+    assert theirs.decode(tok.encode(text)) == text
+    back = load_checkpoint(import_hf(tmp_path / "hf", tmp_path / "back.npz"))["tokenizer"]
+    assert back.to_dict() == tok.to_dict()

@@ -5,6 +5,7 @@
     hf_gpt2.py      GPT-2 <-> transformers.GPT2LMHeadModel: names, layouts, config.json
     hf_llama.py     Llama <-> transformers.LlamaForCausalLM: names, layouts, config.json
     gguf_files.py   export_gguf / import_gguf: llama.cpp's one-file format, both architectures
+    tokenizer_files.py  tiktoken ranks, vocab.json + merges.txt, tokenizer.json in and out (read_tokenizer)
 """
 
 from nanollm.interop.files import MissingPackageError

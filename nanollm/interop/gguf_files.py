@@ -31,9 +31,10 @@ This is the permute() of llama.cpp's convert_hf_to_gguf.py; import undoes it.
 
 The tokenizer travels as tokenizer.ggml.model = "gpt2" (byte-level BPE): each id's token in
 GPT-2's byte-to-unicode spelling, token types (normal, or control for special tokens), and the
-merges as "left right" strings. A character tokenizer becomes the same with no merges: llama.cpp
-splits text into UTF-8 characters and looks each one up, so every character of the vocabulary,
-ASCII or not, is its one token there as here.
+merges as "left right" strings. A character tokenizer becomes the same with one token per
+character and only the merges that rebuild multi-byte characters from their bytes (see
+character_merges), so every character of the vocabulary, ASCII or not, is its one token in
+llama.cpp as here.
 """
 
 import sys
@@ -148,6 +149,24 @@ def from_gguf(tensors, model_config):
 
 # --------------------------------------------------------------------------------- export
 
+# llama.cpp refuses a gpt2 tokenizer without merges, and the gguf package will not write an empty
+# list: an all-ASCII character vocabulary gets this one merge, which never applies (no merge makes "ĠĠ").
+NEVER_APPLIED_MERGE = "ĠĠ ĠĠ"
+
+
+def character_merges(spelled):
+    """The merges that rebuild each multi-byte character of a character vocabulary from its bytes,
+    in byte-level spelling ("Ã ©" makes "Ã©", é): llama.cpp starts from one symbol per byte and
+    looks the merged symbols up. A merge joins a lead byte's prefix to a continuation byte, so it
+    never reaches across two characters. [NEVER_APPLIED_MERGE] when every character is one byte."""
+    merges = {}
+    for length in range(2, 5):  # UTF-8 characters have at most 4 bytes
+        for text in spelled:
+            if len(text) >= length:
+                merges[f"{text[:length - 1]} {text[length - 1]}"] = None
+    return list(merges) or [NEVER_APPLIED_MERGE]
+
+
 def _tokenizer_fields(tokenizer):
     """(tokens, token types, merges, the end-of-text id or None) of a nanollm tokenizer, in GGUF's
     byte-level BPE form (see the module docstring for a character tokenizer)."""
@@ -156,9 +175,9 @@ def _tokenizer_fields(tokenizer):
     specials = set(tokenizer.special_tokens.values())
     if tokenizer.kind == "char":
         spell = bytes_to_unicode()
-        tokens = ["".join(spell[b] for b in ch.encode("utf-8")) for ch in tokenizer.chars]
-        tokens += sorted(tokenizer.special_tokens, key=tokenizer.special_tokens.get)
-        merges = []
+        spelled = ["".join(spell[b] for b in ch.encode("utf-8")) for ch in tokenizer.chars]
+        tokens = spelled + sorted(tokenizer.special_tokens, key=tokenizer.special_tokens.get)
+        merges = character_merges(spelled)
     else:
         tokens, merges = byte_level_tokens(tokenizer), byte_level_merges(tokenizer)
     types = [TOKEN_CONTROL if i in specials else TOKEN_NORMAL for i in range(len(tokens))]
@@ -192,7 +211,7 @@ def _add_metadata(writer, c, name, tokenizer, file_type):
     writer.add_tokenizer_pre("gpt-2")  # GPT-2's pre-tokenization regex, which nanollm's BPE uses
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(merges)  # an empty list for a character tokenizer
+    writer.add_token_merges(merges)
     writer.add_add_bos_token(False)  # nanollm adds nothing before a prompt
     if end_of_text is not None:
         writer.add_bos_token_id(end_of_text)
@@ -362,16 +381,16 @@ def tokenizer_from_gguf(metadata, source="the GGUF file"):
     tokens, merges = list(metadata["tokenizer.ggml.tokens"]), list(metadata.get("tokenizer.ggml.merges") or [])
     types = list(metadata.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens))
     specials = [i for i, kind in enumerate(types) if kind == TOKEN_CONTROL]
-    if not merges:  # a character vocabulary (see the module docstring), if it is one in nanollm's order
-        unspell = {ch: b for b, ch in bytes_to_unicode().items()}
-        try:
-            chars = [bytes(unspell[ch] for ch in token).decode("utf-8") for i, token in enumerate(tokens)
-                     if i not in specials]
-        except (KeyError, UnicodeDecodeError):
-            chars = None
-        if chars is not None and all(len(ch) == 1 for ch in chars) and chars == sorted(set(chars)) \
-                and specials == list(range(len(chars), len(tokens))):
-            return CharTokenizer(chars, special_tokens=[tokens[i] for i in specials])
+    unspell = {ch: b for b, ch in bytes_to_unicode().items()}
+    try:
+        chars = [bytes(unspell[ch] for ch in token).decode("utf-8") for i, token in enumerate(tokens)
+                 if i not in specials]
+    except (KeyError, UnicodeDecodeError):
+        chars = None
+    if (chars is not None and all(len(ch) == 1 for ch in chars) and chars == sorted(set(chars))
+            and specials == list(range(len(chars), len(tokens)))
+            and merges == character_merges(tokens[:len(chars)])):  # a character vocabulary, as exported
+        return CharTokenizer(chars, special_tokens=[tokens[i] for i in specials])
     return bpe_from_byte_level(tokens, merges, specials)
 
 
