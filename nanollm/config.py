@@ -44,6 +44,8 @@ DEFAULTS = {
     "muon_nesterov": True,        # muon: Nesterov momentum
     "muon_ns_steps": 5,           # muon: Newton-Schulz iterations that orthogonalise each update
     "muon_adjust_lr": "original", # muon: lr shape factor, original sqrt(max(1, fan_out/fan_in)), match_rms_adamw 0.2 sqrt(max(fan_in, fan_out))
+    "sophia_rho": 0.04,           # sophia: clipping scale rho of m / (rho * tokens * h) (the update's size is at most lr)
+    "sophia_hessian_interval": 10,  # sophia: steps between Gauss-Newton-Bartlett Hessian estimates (sampled labels)
     "weight_decay": 0.1,          # decoupled (AdamW, Lion, Muon) or L2 (SGD, Adam) weight decay
     "no_decay": None,             # name patterns (fnmatch) spared from decay (None: biases and norm gains)
     "grad_accum_steps": 1,        # micro-batches averaged into one optimizer step
@@ -76,6 +78,8 @@ DEFAULTS = {
     "lora_targets": ["q", "v"],   # matrices that get adapters: any of q, k, v, o (attention) and mlp (all MLP matrices)
     # ---- logging and samples ----
     "log_interval": 10,           # steps between log lines
+    "log_layer_stats": False,     # at each log line: per-layer gradient norms and update-to-weight ratios (a weight copy then)
+    "report_to": [],              # experiment trackers fed the metrics.jsonl records: tensorboard, wandb (none: [])
     "sample_interval": 0,         # steps between printed samples (0: none)
     "sample_prompt": "\n",        # prompt of those samples (needs a tokenizer)
     "sample_length": 200,         # tokens generated per sample
@@ -88,6 +92,7 @@ DEFAULTS = {
 }
 
 ALIASES = {"max_steps": "num_steps"}
+TRACKERS = ("tensorboard", "wandb")  # report_to's names (see nanollm.tracking)
 
 # Types of the keys that may be None (when the default does not tell); int is accepted wherever
 # float is.
@@ -100,7 +105,8 @@ CHOICES = {"architecture": model_config.ARCHITECTURES, "optimizer": tuple(OPTIMI
            "dtype": model_config.DTYPES + model_config.HALF_DTYPES, "backend": backends.names(),
            "muon_adjust_lr": MUON_ADJUST_LR}
 POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size", "sample_length",
-            "epochs", "patience", "eps", "lora_alpha", "muon_learning_rate", "muon_ns_steps")
+            "epochs", "patience", "eps", "lora_alpha", "muon_learning_rate", "muon_ns_steps", "sophia_rho",
+            "sophia_hessian_interval")
 UNIT_INTERVAL = ("lora_dropout", "val_fraction", "muon_momentum")  # in [0, 1)
 NON_NEGATIVE = ("weight_decay", "max_grad_norm", "warmup_steps", "decay_steps", "min_learning_rate", "momentum",
                 "eval_interval", "checkpoint_interval", "lora_rank", "keep_last_n", "log_interval", "sample_interval",
@@ -150,6 +156,8 @@ def _check_type(key, value, source):
     kind = OPTIONAL_TYPES.get(key, type(default))
     if value is None and key in OPTIONAL_TYPES:
         return None
+    if key == "report_to" and isinstance(value, str):  # one tracker by name; "none": no tracker
+        value = [] if value == "none" else [value]
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -192,6 +200,8 @@ def _check_value(key, value, source):
     if key == "lora_targets" and (not value or any(t not in LORA_TARGETS for t in value)):
         raise ValueError(f"{source}: lora_targets must be a non-empty list of {', '.join(LORA_TARGETS)}, got "
                          f"{list(value)}")
+    if key == "report_to" and any(t not in TRACKERS for t in value):
+        raise ValueError(f"{source}: report_to takes {', '.join(TRACKERS)} (a list, or one name), got {list(value)}")
     if key == "betas" and not all(0.0 <= b < 1.0 for b in value):
         raise ValueError(f"{source}: betas must both be in [0, 1), got {list(value)}")
 
