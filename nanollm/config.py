@@ -17,7 +17,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from nanollm import backends, model_config
+from nanollm import backends, model_config, tracking
 from nanollm.lora import TARGETS as LORA_TARGETS
 from nanollm.optim import MUON_ADJUST_LR, OPTIMIZERS
 from nanollm.schedule import SCHEDULES
@@ -92,7 +92,7 @@ DEFAULTS = {
 }
 
 ALIASES = {"max_steps": "num_steps"}
-TRACKERS = ("tensorboard", "wandb")  # report_to's names (see nanollm.tracking)
+TRACKERS = tuple(tracking.TRACKERS)  # report_to's names
 
 # Types of the keys that may be None (when the default does not tell); int is accepted wherever
 # float is.

@@ -90,6 +90,7 @@ class RunState:
         model.dropout_rng = backends.random_generator(distributed.rank_seed(cfg["seed"] + 1, comm.rank))  # on the device
         self.step, self.tokens_seen = 0, 0
         self.loss = self.grad_norm = self.val_loss = None
+        self.accuracy = self.val_accuracy = None  # top-1 next-token accuracy of the last step / evaluation
         self.best_val_loss, self.evals_without_improvement = math.inf, 0
         self.checkpoints = {"steps": [], "best": None, "final": None, "adapters": None}
         self.last_good_checkpoint = None
@@ -105,7 +106,8 @@ class RunState:
         if self.comm.size > 1:
             rng_states["ranks"] = self.comm.allgather(streams)  # rank r resumes from ranks[r]
         path = self.folder / name
-        extra = {"val_loss": self.val_loss, "best_val_loss": finite_or_none(self.best_val_loss),
+        extra = {"val_loss": self.val_loss, "accuracy": self.accuracy, "val_accuracy": self.val_accuracy,
+                 "best_val_loss": finite_or_none(self.best_val_loss),
                  "evals_without_improvement": self.evals_without_improvement,
                  "tokens_seen": self.tokens_seen, "ranks": self.comm.size, **self.training_step.state()}
         if self.comm.is_root:
@@ -139,6 +141,7 @@ class RunState:
         best = extra.get("best_val_loss")
         self.best_val_loss = math.inf if best is None else best
         self.val_loss = extra.get("val_loss")
+        self.accuracy, self.val_accuracy = extra.get("accuracy"), extra.get("val_accuracy")
         self.evals_without_improvement = extra.get("evals_without_improvement", 0)
         self.tokens_seen = extra.get("tokens_seen", self.step * self.tokens_per_step)
         self.last_good_checkpoint = str(path)

@@ -2,7 +2,8 @@
 
     micro-batches  forward and backward each (half precision: a half copy of the weights
                    computes and float16 scales its loss); each gradient, times the micro-batch's
-                   counted targets, is added into one flat gradient buffer in the weights' dtype
+                   counted targets, is added into one flat gradient buffer in the weights' dtype,
+                   with the loss, the counts and the top-1 hits beside it
     ranks          one Allreduce sums every rank's buffer (alone: nothing to do)
     mean           1 / the step's counted targets, folded into grad_scale: the gradient of one
                    big batch without another pass over the buffer
@@ -13,6 +14,7 @@
 
     step = TrainingStep(model, cfg, comm)
     loss, grad_norm, windows = step(index, batches, lr)     # device scalars, no host read
+    step.accuracy                                           # that step's top-1 accuracy, on the device
 
 Nothing here reads the device unless an update rule needs it (``reads_every_step``), so a GPU
 never waits for the host; the trainer reads the guard (``read_guard``) when it needs figures.
@@ -25,7 +27,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from nanollm import backends, distributed
-from nanollm.ops.cross_entropy import IGNORE_INDEX
+from nanollm.ops.cross_entropy import IGNORE_INDEX, correct_predictions
 from nanollm.optim import apply_update, clip_coefficient, decays, global_grad_norm, rule_for
 from nanollm.precision import HALF_DTYPES, LossScaler, compute_dtype, computing_in
 
@@ -55,6 +57,7 @@ class TrainingStep:
         self.diverged_values = xp.zeros(2, dtype=xp.float64)  # that step's loss and gradient norm
         self.last_good_values = xp.zeros(2, dtype=xp.float64)  # the loss and norm of the last step before it
         self.communication_seconds = 0.0  # spent in the gradient Allreduce, waiting for other ranks included
+        self.accuracy = xp.asarray(0.0)  # the last step's top-1 accuracy over its counted targets (device)
 
     def __call__(self, index, batches, lr):
         """Train on ``batches`` [(inputs, targets), ...] (host ids, (b, T) each) as 0-based step
@@ -65,9 +68,13 @@ class TrainingStep:
         return loss, grad_norm, windows
 
     def loss_and_backward(self, inputs, targets, dloss):
-        """The supervised micro-batch: (mean loss over counted targets, gradients of dloss x it)."""
-        _, loss = self.model.forward(inputs, targets)
-        return loss, self.model.backward(dloss=dloss)
+        """The supervised micro-batch: (mean loss over counted targets, gradients of dloss x it,
+        counted targets predicted right by the top-1 token). A loss of another kind (post-training)
+        returns None for the last."""
+        logits, loss = self.model.forward(inputs, targets)
+        correct = correct_predictions(logits, targets)
+        del logits
+        return loss, self.model.backward(dloss=dloss), correct
 
     def accumulate(self, batches, loss_and_backward):
         """(loss, gradient sums, gradient factor, windows) of the step over every rank's
@@ -76,7 +83,7 @@ class TrainingStep:
         accumulation and ranks equal one big batch. loss is the mean over every counted target;
         the gradient is the sums (views into the buffer) times the factor, 1 / counted targets
         (0-d), which the guard folds into grad_scale. All stay on the device; float16's sums are
-        still scaled by its loss scale."""
+        still scaled by its loss scale. The step's top-1 accuracy is left in self.accuracy."""
         buffer = self.buffer
         buffer.zero_counts()
         dloss = 1.0 if self.scaler is None else self.scaler.scale  # float16: the scaled loss's gradient
@@ -86,9 +93,9 @@ class TrainingStep:
         with computing_in(self.model, self.half), quiet:
             for number, (inputs, targets) in enumerate(batches):
                 counted = int((targets != IGNORE_INDEX).sum())  # host ids: no device read
-                loss, grads = loss_and_backward(inputs, targets, dloss)
+                loss, grads, correct = loss_and_backward(inputs, targets, dloss)
                 buffer.add(grads, counted, first=number == 0)
-                buffer.add_counts(loss, counted, len(inputs))
+                buffer.add_counts(loss, counted, len(inputs), correct)
                 del grads  # freed before the next micro-batch's backward allocates its own
         windows = sum(len(inputs) for inputs, _ in batches)
         if self.comm.size > 1:
@@ -97,6 +104,7 @@ class TrainingStep:
             self.communication_seconds += time.perf_counter() - tick
             windows = int(buffer.counts()[2])
         loss, factor = buffer.mean()
+        self.accuracy = buffer.accuracy()
         return loss, buffer.grads, factor, windows
 
     def guard(self, index, loss, grad_sums, grad_factor):
@@ -137,6 +145,28 @@ class TrainingStep:
             apply_update(self.rules[name], self.model.params[name], grad, self.states[name], lr,
                          weight_decay if self.decay[name] else 0.0, grad_scale)
 
+    def layer_statistics(self, before):
+        """({layer: gradient norm}, {layer: update-to-weight ratio}) of the step just taken, for
+        log_layer_stats: the mean gradient's norm (before clipping) and ||W_after - W_before|| /
+        ||W_before|| per layer ("blocks.3", "wte", "ln_f", ...). before: {name: the trainable
+        parameters' copies taken before the step}. Reads the device."""
+        xp, factor = self.xp, self.buffer.mean()[1]
+        if self.scaler is not None:
+            factor = factor / self.scaler.scale.astype(xp.float64)
+        squares = {}  # layer -> [grad^2, update^2, weight^2]
+        for name, old in before.items():
+            layer = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else name.removesuffix(".weight")
+            layer = layer.removesuffix(".bias")
+            sums = squares.setdefault(layer, [0.0, 0.0, 0.0])
+            grad = self.buffer.grads[name].astype(xp.float64)
+            sums[0] += float((grad * grad).sum() * factor * factor)
+            change = self.model.params[name].astype(xp.float64) - old
+            sums[1] += float((change * change).sum())
+            sums[2] += float((old.astype(xp.float64) ** 2).sum())
+        norms = {layer: sums[0] ** 0.5 for layer, sums in squares.items()}
+        ratios = {layer: (sums[1] / sums[2]) ** 0.5 if sums[2] else None for layer, sums in squares.items()}
+        return norms, ratios
+
     # ---------------------------------------------------------------- what a checkpoint keeps
 
     def state(self):
@@ -156,19 +186,19 @@ class TrainingStep:
 
 
 class GradientBuffer:
-    """One contiguous (n + 3,) array holding every trainable parameter's gradient, then the step's
-    summed loss x targets, counted targets and windows, so one Allreduce carries all of it.
+    """One contiguous (n + 4,) array holding every trainable parameter's gradient, then the step's
+    summed loss x targets, counted targets, windows and top-1 hits, so one Allreduce carries all of it.
 
     grads[name] are views into the buffer with the parameters' shapes and dtype (the master
     weights': half-precision gradients are widened as they are added)."""
 
-    EXTRAS = 3  # loss x targets, targets, windows: in the gradients' dtype (float32 counts exactly to 2**24 a step)
+    EXTRAS = 4  # loss x targets, targets, windows, hits: in the gradients' dtype (float32 counts exactly to 2**24 a step)
 
     def __init__(self, params, xp=np):
         first = next(iter(params.values()))
         sizes = [p.size for p in params.values()]
         self.xp = xp
-        self.flat = xp.zeros(sum(sizes) + self.EXTRAS, dtype=first.dtype)  # (n + 3,)
+        self.flat = xp.zeros(sum(sizes) + self.EXTRAS, dtype=first.dtype)  # (n + 4,)
         self.grads, offset = {}, 0
         for (name, p), size in zip(params.items(), sizes):
             self.grads[name] = self.flat[offset:offset + size].reshape(p.shape)
@@ -189,19 +219,26 @@ class GradientBuffer:
             else:
                 view += self.xp.multiply(g, weight, dtype=dtype)
 
-    def add_counts(self, loss, targets, windows):
-        """loss: a micro-batch's mean over its ``targets`` counted targets (a device scalar)."""
-        self.flat[-3] += loss.astype(self.flat.dtype) * targets
-        self.flat[-2] += targets
-        self.flat[-1] += windows
+    def add_counts(self, loss, targets, windows, correct=None):
+        """loss: a micro-batch's mean over its ``targets`` counted targets (a device scalar);
+        correct: how many of them its top-1 token got right (a device scalar, or None)."""
+        self.flat[-4] += loss.astype(self.flat.dtype) * targets
+        self.flat[-3] += targets
+        self.flat[-2] += windows
+        if correct is not None:
+            self.flat[-1] += correct
 
     def mean(self):
         """(mean loss, 1 / counted targets): float64 0-d arrays on the device (no host read).
         The gradient of the mean is the gradient sums times the second (no counted target
         anywhere: the sums, which are 0)."""
-        targets = self.xp.maximum(self.flat[-2], 1).astype(np.float64)
-        return self.flat[-3].astype(np.float64) / targets, 1.0 / targets
+        targets = self.xp.maximum(self.flat[-3], 1).astype(np.float64)
+        return self.flat[-4].astype(np.float64) / targets, 1.0 / targets
+
+    def accuracy(self):
+        """Top-1 hits / counted targets: a float64 0-d array on the device (no host read)."""
+        return self.flat[-1].astype(np.float64) / self.xp.maximum(self.flat[-3], 1).astype(np.float64)
 
     def counts(self):
-        """(loss x targets, targets, windows) summed so far, as Python floats (a host read)."""
-        return tuple(float(x) for x in backends.to_numpy(self.flat[-3:]))
+        """(loss x targets, targets, windows, hits) summed so far, as Python floats (a host read)."""
+        return tuple(float(x) for x in backends.to_numpy(self.flat[-self.EXTRAS:]))

@@ -37,16 +37,17 @@ from nanollm.generate import generate_text
 from nanollm.lora import lora_setting
 from nanollm.metrics import MetricsLog, Progress, log_line
 from nanollm.model_config import TRAINING_KEYS, master_dtype
-from nanollm.ops.cross_entropy import IGNORE_INDEX
+from nanollm.ops.cross_entropy import IGNORE_INDEX, correct_predictions
 from nanollm.precision import HALF_DTYPES
 from nanollm.run_state import ADAPTERS_FILE, RunState, finite_or_none, prepare_checkpoint_dir, resuming_in_place
 from nanollm.schedule import lr_at
 from nanollm.step import TrainingStep
+from nanollm.tracking import Trackers, open_trackers
 
 
-def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0, comm=None):
-    """Mean loss of ``model`` on ``tokens`` (ids or a TokenDataset) with dropout off (the model's
-    mode is restored).
+def evaluate(model, tokens, seq_len, batch_size, num_batches=None, seed=0, comm=None):
+    """(mean loss, top-1 accuracy) of ``model`` on ``tokens`` (ids or a TokenDataset) over the
+    counted targets, with dropout off (the model's mode is restored).
 
     num_batches=None: every non-overlapping window of the stream once, an exact figure.
     Otherwise that many batches of random windows drawn from ``seed``: the same windows every
@@ -60,15 +61,22 @@ def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0, 
     else:
         rng = np.random.default_rng(seed)
         batches = [random_starts(rng, len(data), seq_len, batch_size) for _ in range(num_batches)]
-    loss_sum, count = 0.0, 0  # loss x counted targets (on the parameters' device), counted targets
+    loss_sum, correct, count = 0.0, 0, 0  # loss x counted targets, top-1 hits (on the parameters' device), targets
     with model.evaluating():
         for starts in batches[comm.rank::comm.size]:
             inputs, targets = data.windows(starts, seq_len)
             counted = int((targets != IGNORE_INDEX).sum())  # masked targets (instruction prompts) do not count
-            loss_sum = loss_sum + model.forward(inputs, targets)[1].astype(np.float64) * counted
+            logits, loss = model.forward(inputs, targets)
+            loss_sum = loss_sum + loss.astype(np.float64) * counted
+            correct = correct + correct_predictions(logits, targets)
             count += counted
-    total, count = comm.allreduce_sum(np.array([float(loss_sum), count]))  # the one host read
-    return float(total / count) if count else math.nan
+    total, correct, count = comm.allreduce_sum(np.array([float(loss_sum), float(correct), count]))  # the one host read
+    return (float(total / count), float(correct / count)) if count else (math.nan, math.nan)
+
+
+def evaluate_loss(model, tokens, seq_len, batch_size, num_batches=None, seed=0, comm=None):
+    """The mean loss alone of ``evaluate``."""
+    return evaluate(model, tokens, seq_len, batch_size, num_batches, seed, comm)[0]
 
 
 def apply_config_to_model(model, cfg):
@@ -220,10 +228,11 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
 
     def evaluate(self):
-        """Validation loss; tracks the best (saving checkpoint_best.npz) and the patience count."""
+        """Validation loss and accuracy; tracks the best loss (saving checkpoint_best.npz) and the
+        patience count."""
         cfg, state = self.cfg, self.state
-        state.val_loss = evaluate_loss(self.model, self.val, self.seq_len, cfg["batch_size"], cfg["eval_steps"],
-                                       seed=[cfg["seed"], 2], comm=self.comm)
+        state.val_loss, state.val_accuracy = evaluate(self.model, self.val, self.seq_len, cfg["batch_size"],
+                                                      cfg["eval_steps"], seed=[cfg["seed"], 2], comm=self.comm)
         self.evaluated_at = state.step
         if state.val_loss < state.best_val_loss - cfg["min_delta"]:
             state.evals_without_improvement = 0
@@ -267,15 +276,18 @@ class Trainer:
         for step in range(state.step, self.total_steps):
             tick = time.perf_counter()
             lr = lr_at(step, self.schedule_cfg)
+            at = step + 1
+            last = at == self.total_steps
+            evaluating = self.val is not None and (last or (cfg["eval_interval"] and at % cfg["eval_interval"] == 0))
+            logging = last or at == 1 or (cfg["log_interval"] and at % cfg["log_interval"] == 0)
+            # log_layer_stats: the weights before the step, to measure its update (log steps only)
+            before = ({name: model.params[name].copy() for name in model.trainable}
+                      if logging and cfg["log_layer_stats"] else None)
             loss, grad_norm, windows = step_fn(step, self.batches(step), lr)
             step_tokens = windows * self.seq_len  # every rank's
             state.tokens_seen += step_tokens
             self.unread_tokens.append(step_tokens)
 
-            at = step + 1
-            last = at == self.total_steps
-            evaluating = self.val is not None and (last or (cfg["eval_interval"] and at % cfg["eval_interval"] == 0))
-            logging = last or at == 1 or (cfg["log_interval"] and at % cfg["log_interval"] == 0)
             checkpointing = self.folder is not None and cfg["checkpoint_interval"] and at % cfg["checkpoint_interval"] == 0
             checking = cfg["param_check_interval"] and at % cfg["param_check_interval"] == 0
             sampling = (comm.is_root and self.tokenizer is not None and cfg["sample_interval"]
@@ -286,6 +298,8 @@ class Trainer:
                 break
             if reading:
                 loss, grad_norm = float(loss), float(grad_norm)
+            if logging or evaluating or last:
+                state.accuracy = float(step_fn.accuracy)
             state.step, state.loss, state.grad_norm = at, loss, grad_norm
             spent = time.perf_counter() - tick  # a GPU's queued work is finished at each read, so it counts here
             train_seconds += spent
@@ -297,13 +311,16 @@ class Trainer:
                 self.evaluate()
                 self.out_of_patience()
             if logging or evaluating:
-                record = dict(step=at, loss=loss, lr=lr, grad_norm=grad_norm,
+                record = dict(step=at, loss=loss, accuracy=state.accuracy, lr=lr, grad_norm=grad_norm,
                               tokens_per_second=interval_tokens / max(interval_seconds, 1e-9),
                               elapsed=time.perf_counter() - start_time)
                 if step_fn.scaler is not None:
                     record.update(loss_scale=float(step_fn.scaler.scale), skipped_steps=int(step_fn.skipped_steps))
                 if evaluating:
-                    record["val_loss"] = state.val_loss
+                    record.update(val_loss=state.val_loss, val_accuracy=state.val_accuracy)
+                if before is not None:
+                    record["layer_grad_norms"], record["update_ratios"] = step_fn.layer_statistics(before)
+                    del before
                 metrics.write(record)
                 progress.print(log_line(record, self.total_steps))
                 interval_seconds, interval_tokens = 0.0, 0
@@ -315,6 +332,7 @@ class Trainer:
                 sample = generate_text(model, self.tokenizer, cfg["sample_prompt"], cfg["sample_length"],
                                        temperature=0.8, top_k=40, seed=cfg["seed"] + at)
                 progress.print(f"--- sample at step {at} ---\n{sample}\n---")
+                metrics.text("samples", sample, at)
             if self.stopped_early:
                 progress.print(self.stopped_because)
                 break
@@ -393,8 +411,9 @@ def _run(model, tokens, cfg, val_tokens, tokenizer, comm):
         state = trainer.state
         if resume is not None:
             state.resume(resume)
-        metrics = MetricsLog(folder if comm.is_root else None,
-                             resume_step=state.step if resuming_in_place(cfg) else None)
+        resume_step = state.step if resuming_in_place(cfg) else None
+        trackers = open_trackers(cfg["report_to"], folder, cfg, resume_step) if comm.is_root else Trackers()
+        metrics = MetricsLog(folder if comm.is_root else None, resume_step=resume_step, trackers=trackers)
         progress = Progress(trainer.total_steps, state.step, quiet=not comm.is_root)
         if comm.size > 1:
             progress.print(f"data parallel: {comm.description}; each step {trainer.windows_per_step * comm.size} "
@@ -412,6 +431,7 @@ def _run(model, tokens, cfg, val_tokens, tokenizer, comm):
                                                                       extra={"init_from": cfg["init_from"]}))
         finally:
             progress.close()
+            trackers.close()
     finally:
         backends.use(previous_backend)
         model.to_device(backends.device_module())  # back where the restored backend computes
@@ -419,8 +439,9 @@ def _run(model, tokens, cfg, val_tokens, tokenizer, comm):
     trained_tokens = state.tokens_seen - tokens_before
     final_val = state.val_loss if trainer.val is not None else None
     return {
-        "final_loss": state.loss, "final_grad_norm": state.grad_norm,
+        "final_loss": state.loss, "final_grad_norm": state.grad_norm, "final_accuracy": state.accuracy,
         "final_val_loss": final_val,
+        "final_val_accuracy": state.val_accuracy if trainer.val is not None else None,
         "final_val_perplexity": math.exp(final_val) if final_val is not None else None,
         "best_val_loss": finite_or_none(state.best_val_loss),
         "steps": state.step, "tokens_seen": state.tokens_seen,

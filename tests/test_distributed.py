@@ -71,17 +71,18 @@ def test_rank_zero_draws_what_a_single_process_draws_and_other_ranks_their_own_s
 def test_the_gradient_buffer_is_one_array_whose_views_have_the_parameters_shapes():
     params = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.float32)}
     buffer = GradientBuffer(params)
-    assert buffer.flat.shape == (10 + 3,) and buffer.gradient_bytes == 40
+    assert buffer.flat.shape == (10 + 4,) and buffer.gradient_bytes == 40
     buffer.flat[:] = 7  # the first micro-batch overwrites whatever the last step left
     buffer.zero_counts()
     buffer.add({"a": np.ones((2, 3), np.float32), "b": np.arange(4, dtype=np.float32)}, 2, first=True)
-    buffer.add_counts(np.float32(3.0), 2, 2)
+    buffer.add_counts(np.float32(3.0), 2, 2, np.int64(1))
     buffer.add({"a": np.ones((2, 3), np.float16), "b": np.full(4, 60000, np.float16)}, 2)  # widened, no overflow
-    buffer.add_counts(np.float16(0.0), 2, 1)
+    buffer.add_counts(np.float16(0.0), 2, 1, np.int64(2))
     assert np.shares_memory(buffer.grads["a"], buffer.flat)
     np.testing.assert_array_equal(buffer.flat[:10], [4] * 6 + [120000, 120002, 120004, 120006])
-    assert buffer.counts() == (6.0, 4.0, 3.0)  # loss x targets, targets, windows
+    assert buffer.counts() == (6.0, 4.0, 3.0, 3.0)  # loss x targets, targets, windows, top-1 hits
     assert buffer.mean() == (1.5, 0.25)  # the loss's mean over the 4 counted targets; the gradients' factor
+    assert buffer.accuracy() == 0.75
 
 
 class FakeRanks:

@@ -13,11 +13,11 @@ from nanollm.checkpoint import read_checkpoint_metadata
 from nanollm.metrics import plot_metrics, read_metrics
 from nanollm.step import TrainingStep
 from nanollm.optim import decays
-from nanollm.train import evaluate_loss
+from nanollm.train import evaluate, evaluate_loss
 
 SAMPLE = "data/raw/sample.txt"
-RESULT_KEYS = {"final_loss", "final_grad_norm", "final_val_loss", "final_val_perplexity", "best_val_loss", "steps",
-               "tokens_seen", "tokens_per_second", "training_time_seconds", "history", "checkpoints",
+RESULT_KEYS = {"final_loss", "final_grad_norm", "final_accuracy", "final_val_loss", "final_val_accuracy",
+               "final_val_perplexity", "best_val_loss", "steps", "tokens_seen", "tokens_per_second", "training_time_seconds", "history", "checkpoints",
                "last_good_checkpoint", "metrics_path", "stopped_early", "diverged", "stopped_because", "config",
                "ranks", "rank", "communication_seconds"}
 
@@ -61,7 +61,10 @@ def test_training_lowers_the_loss_and_reports_every_result(ids, text_and_tokeniz
     assert results["stopped_early"] is False and results["diverged"] is False and results["stopped_because"] is None
     assert results["config"]["num_steps"] == 40 and results["config"]["checkpoint_dir"] == str(tmp_path)
     assert read_metrics(results["metrics_path"]) == history
-    assert set(history[-1]) == {"step", "loss", "val_loss", "lr", "grad_norm", "tokens_per_second", "elapsed"}
+    assert set(history[-1]) == {"step", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "grad_norm",
+                                "tokens_per_second", "elapsed"}
+    assert results["final_accuracy"] == history[-1]["accuracy"] > history[0]["accuracy"]
+    assert results["final_val_accuracy"] == history[-1]["val_accuracy"] and 0 < results["final_val_accuracy"] < 1
     assert results["checkpoints"]["final"] == str(tmp_path / "checkpoint_final.npz")
     assert load_checkpoint(results["checkpoints"]["final"], tiny_model(vocab, seed=5))["step"] == 40
 
@@ -228,6 +231,51 @@ def test_whole_split_evaluation_weighs_every_window_once(ids, text_and_tokenizer
     assert evaluate_loss(model, val, 16, batch_size=4) == pytest.approx(np.mean(per_window), rel=1e-12)
     results = train_with_config(model, ids, quiet(num_steps=1, eval_steps=None))
     assert results["final_val_loss"] == evaluate_loss(model, ids[-2000:], 16, 4)
+
+
+def test_accuracy_counts_top_1_hits_over_counted_targets_only(ids, text_and_tokenizer):
+    """evaluate's accuracy, and a training step's, equal the argmax hits counted by hand, with
+    masked targets (IGNORE_INDEX) left out of both the hits and the count."""
+    from nanollm.config import resolve
+    from nanollm.ops.cross_entropy import IGNORE_INDEX
+
+    model = tiny_model(text_and_tokenizer[1].vocab_size, dtype="float64")
+    val = ids[:100]
+    hits = counted = 0
+    for start in range(0, 81, 16):
+        inputs, targets = windows_at(val, [start], 16)
+        logits = model.forward(inputs)[0]
+        hits += int((logits.argmax(-1) == targets).sum())
+        counted += targets.size
+    assert evaluate(model, val, 16, batch_size=4)[1] == pytest.approx(hits / counted, rel=1e-12)
+
+    inputs, targets = windows_at(ids, [0, 40, 80], 16)
+    masked = targets.copy()
+    masked[:, :8] = IGNORE_INDEX  # half of every window does not count
+    logits = model.forward(inputs)[0]
+    expected = int((logits.argmax(-1) == targets)[:, 8:].sum()) / masked[:, 8:].size
+    step = TrainingStep(model, resolve({}))
+    step(0, [(inputs[:2], masked[:2]), (inputs[2:], masked[2:])], 0.0)  # two micro-batches, lr 0
+    assert float(step.accuracy) == pytest.approx(expected, rel=1e-12)
+
+
+def test_layer_stats_split_the_gradient_norm_and_measure_each_update(ids, text_and_tokenizer, tmp_path):
+    model = tiny_model(text_and_tokenizer[1].vocab_size, dtype="float64")
+    before = {name: p.copy() for name, p in model.params.items()}
+    results = train_with_config(model, ids, quiet(num_steps=1, log_interval=1, log_layer_stats=True,
+                                                  max_grad_norm=0.0, optimizer="sgd", learning_rate=0.1,
+                                                  weight_decay=0.0))
+    record = results["history"][-1]
+    norms, ratios = record["layer_grad_norms"], record["update_ratios"]
+    assert sorted(norms) == sorted(ratios) == ["blocks.0", "ln_f", "wpe", "wte"]
+    assert math.sqrt(sum(n * n for n in norms.values())) == pytest.approx(record["grad_norm"], rel=1e-9)
+    block = [name for name in before if name.startswith("blocks.0.")]
+    change = math.sqrt(sum(((model.params[n] - before[n]) ** 2).sum() for n in block))
+    size = math.sqrt(sum((before[n] ** 2).sum() for n in block))
+    assert ratios["blocks.0"] == pytest.approx(change / size, rel=1e-9)
+    assert ratios["blocks.0"] == pytest.approx(0.1 * norms["blocks.0"] / size, rel=1e-9)  # SGD: lr x gradient
+    quiet_run = train_with_config(tiny_model(text_and_tokenizer[1].vocab_size), ids, quiet(num_steps=1, log_interval=1))
+    assert "layer_grad_norms" not in quiet_run["history"][-1]  # off by default
 
 
 def test_epochs_walk_every_window_once_per_epoch_in_a_new_order():

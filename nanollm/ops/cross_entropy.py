@@ -40,3 +40,12 @@ def cross_entropy_backward(dloss, cache):
     dlosses[...] = dloss / num_counted  # dloss and the count may be 0-d arrays on a GPU
     dlogits = backends.current().cross_entropy_backward(dlosses, logits2d, targets1d, lse, ignore_index)
     return dlogits.reshape(logits_shape)
+
+
+def correct_predictions(logits, targets, ignore_index=IGNORE_INDEX):
+    """How many counted targets are the logits' most likely token (top-1 accuracy's numerator):
+    logits (..., V), targets (...) int -> an int 0-d array on the logits' device (no host read).
+    Ties go to the lowest id, as argmax does."""
+    xp = backends.array_module(logits)
+    targets = xp.asarray(targets)
+    return ((logits.argmax(axis=-1) == targets) & (targets != ignore_index)).sum()
