@@ -47,7 +47,10 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6", "safetensors>=0.4", "gguf>=0.10", "nbclient>=0.7", "nbformat>=5.7",
                  "ipykernel>=6"],
         "hf": ["safetensors>=0.4"],  # nanollm export / import of Hugging Face folders (GPT-2, Llama)
-        "gguf": ["gguf>=0.10"],  # nanollm export / import of GGUF files (llama.cpp's own Python reader/writer)
+        "gguf": ["gguf>=0.10"],
+        # report_to: TensorBoard event files (tensorboardX; `tensorboard` itself to view them) and W&B
+        "tensorboard": ["tensorboardX>=2.6"],
+        "wandb": ["wandb>=0.17"],  # nanollm export / import of GGUF files (llama.cpp's own Python reader/writer)
         # backend="cupy" on an NVIDIA GPU: CuPy's CUDA 12 wheel (runs under CUDA 12 and 13 drivers) with
         # the CUDA libraries it loads (its [ctk] extra), and ml_dtypes for bfloat16; gpu-cuda13 for a CUDA 13 toolkit
         "gpu": ["cupy-cuda12x[ctk]>=14", "ml_dtypes>=0.5"],

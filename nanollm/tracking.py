@@ -20,7 +20,7 @@ import json
 import math
 import os
 
-from nanollm.interop.files import require
+from nanollm.optional import require
 
 # A record's keys -> tracker tags (anything numeric not listed goes under train/).
 TAGS = {"loss": "train/loss", "accuracy": "train/accuracy", "lr": "train/lr", "grad_norm": "train/grad_norm",
@@ -53,7 +53,9 @@ class TensorBoardTracker:
         if folder is None:
             raise ValueError("report_to=tensorboard writes into the run folder: set checkpoint_dir (nanollm train "
                              "--out) or drop tensorboard from report_to")
-        self.writer = tensorboardx.SummaryWriter(logdir=str(folder / "tensorboard"), purge_step=resume_step)
+        # a resumed run drops the interrupted run's events after its checkpoint, as metrics.jsonl does
+        self.writer = tensorboardx.SummaryWriter(logdir=str(folder / "tensorboard"),
+                                                 purge_step=None if resume_step is None else resume_step + 1)
         self.writer.add_text("config", "```\n" + json.dumps(cfg, indent=2, default=str) + "\n```", 0)
 
     def log(self, record):

@@ -203,9 +203,9 @@ def test_without_safetensors_the_error_says_how_to_install_it(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "safetensors", None)  # makes `import safetensors` fail
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
     checkpoint = save_checkpoint(tmp_path / "c.npz", small_model())
-    with pytest.raises(ImportError, match="^exporting needs the safetensors package: pip install safetensors$"):
+    with pytest.raises(ImportError, match="^exporting needs the safetensors package: pip install safetensors \\(or nanollm's \"hf\" extra\\)$"):
         export_hf_gpt2(checkpoint, tmp_path / "hf")
-    with pytest.raises(ValueError, match="^importing needs the safetensors package: pip install safetensors$"):
+    with pytest.raises(ValueError, match="^importing needs the safetensors package: pip install safetensors \\(or nanollm's \"hf\" extra\\)$"):
         import_hf_gpt2(tmp_path / "hf", tmp_path / "d.npz")
     assert not (tmp_path / "hf").exists()
 

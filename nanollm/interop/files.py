@@ -1,41 +1,23 @@
 """What every format of nanollm.interop shares: optional packages, JSON files, safetensors folders.
 
-    require("gguf", "exporting to GGUF")         the module, or a one-line MissingPackageError
+    require("gguf", "exporting to GGUF")         the module, or a one-line MissingPackageError (nanollm.optional)
     read_json_file(path, what)                   a JSON object, or an error naming the file
     write_safetensors(path, tensors)             atomically (textfiles.write_atomically)
     load_safetensors_folder(folder)              {name: NumPy array} from model.safetensors or its shards
     check_shape(name, value, shapes, source)     an array's shape against a parameter table
 """
 
-import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from nanollm.optional import MissingPackageError, require  # noqa: F401 (MissingPackageError: re-exported)
 from nanollm.textfiles import write_atomically
 
 WEIGHTS_FILE = "model.safetensors"
 SHARD_INDEX_FILE = "model.safetensors.index.json"
 CONFIG_FILE = "config.json"
-# Where pip finds each optional package (the package name differs from the module's for none yet).
-INSTALL = {"safetensors": "pip install safetensors", "gguf": "pip install gguf"}
-
-
-class MissingPackageError(ImportError, ValueError):
-    """An optional package is not installed. An ImportError, and a ValueError too, so that callers
-    that print ValueErrors as one line (the CLI) show the install command, not a traceback."""
-
-
-def require(module, verb):
-    """The imported ``module`` (e.g. "safetensors.numpy"), or a one-line MissingPackageError
-    saying that ``verb`` needs it and how to install it."""
-    package = module.split(".")[0]
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingPackageError(f"{verb} needs the {package} package: "
-                                  f"{INSTALL.get(package, f'pip install {package}')}") from None
 
 
 def read_json_file(path, what):
