@@ -248,12 +248,19 @@ INFO_VOCAB_SIZE = 256  # what `info` assumes for a config without vocab_size (a 
 
 
 def cmd_prepare(args):
+    from nanollm.data_quality import format_quality, token_row
     from nanollm.prepare import prepare
 
-    tokenizer = args.tokenizer
-    meta = prepare(args.input, args.out_dir, tokenizer=tokenizer, vocab_size=args.vocab_size,
+    if args.min_unique is not None and not 0.0 <= args.min_unique <= 1.0:
+        raise UsageError(f"--min-unique must be a fraction in [0, 1], got {args.min_unique} (e.g. 0.5)",
+                         "nanollm prepare")
+    meta = prepare(args.input, args.out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                    min_frequency=args.min_frequency, val_fraction=args.val_fraction,
-                   instruction_format=None if args.format == "text" else args.format, overwrite=args.overwrite)
+                   instruction_format=None if args.format == "text" else args.format, overwrite=args.overwrite,
+                   min_unique=args.min_unique, report=lambda figures: print(format_quality(figures, args.input),
+                                                                            flush=True))
+    label, text = token_row(meta["quality"])
+    print(f"  {label:<14} {text}")
     print(f"{args.out_dir}: {meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens, "
           f"{meta['tokenizer']} tokenizer with {meta['vocab_size']:,} tokens")
     print(f"train on it with: nanollm train --data {args.out_dir}")
@@ -412,7 +419,9 @@ def build_parser():
 
     prep = commands.add_parser("prepare", help="text or instruction JSONL -> token files for training",
                                description="Tokenize a text file (or Alpaca/ShareGPT JSONL) into train.bin, val.bin, "
-                                           "tokenizer.json and meta.json.")
+                                           "tokenizer.json and meta.json. First prints the data's quality (unique "
+                                           "lines, repeats, characters, validation lines also in training), which "
+                                           "meta.json keeps under \"quality\".")
     prep.add_argument("input", help="a UTF-8 text file or a .jsonl instruction file")
     prep.add_argument("out_dir", help="folder to write")
     prep.add_argument("--tokenizer", default="char",
@@ -424,6 +433,9 @@ def build_parser():
     prep.add_argument("--format", default="text", choices=["text", "auto", "alpaca", "sharegpt"],
                       help="text, or instruction data (a .jsonl input means auto)")
     prep.add_argument("--overwrite", action="store_true", help="replace prepared files already in out_dir")
+    prep.add_argument("--min-unique", type=float, default=None, metavar="FRACTION",
+                      help="refuse, before writing anything, data whose distinct non-empty lines (records for "
+                           "JSONL) are fewer than this fraction of them, e.g. 0.5")
     prep.set_defaults(parser=prep, handler=cmd_prepare)
 
     plot = commands.add_parser("plot", help="PNG curves of a run's metrics.jsonl",
