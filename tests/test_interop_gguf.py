@@ -37,6 +37,14 @@ def tokenizer_of(kind):
     return BPETokenizer(vocab_size=300).build_vocab(text=TEXT)
 
 
+def write_and_close(writer):
+    """The gguf package's writer: header, metadata, tensors, in that order."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def relative_error(theirs, ours):
     return float(np.abs(np.asarray(theirs, np.float64) - ours).max() / np.abs(ours).max())
 
@@ -134,10 +142,7 @@ def test_gguf_errors_are_one_line(tmp_path):
         import_gguf(tmp_path / "text.gguf", tmp_path / "x.npz")
     writer = gguf.GGUFWriter(tmp_path / "falcon.gguf", "falcon")
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_and_close(writer)
     with pytest.raises(ValueError, match="general.architecture='falcon'; nanollm imports gpt2 and llama models"):
         import_gguf(tmp_path / "falcon.gguf", tmp_path / "x.npz")
     lora = TransformerLanguageModel(**{k: v for k, v in model.config.items() if k != "lora"},
@@ -214,10 +219,7 @@ def write_gguf_like_llama_cpps_converter(hf_model, path):
         else:
             gguf_name = names[base]
         writer.add_tensor(gguf_name + ".weight", np.ascontiguousarray(data))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_and_close(writer)
 
 
 def write_gguf_like_llama_cpps_gpt2_converter(hf_model, path):
@@ -248,47 +250,34 @@ def write_gguf_like_llama_cpps_gpt2_converter(hf_model, path):
         writer.add_tensor(f"{gguf_name}.{kind}", np.ascontiguousarray(data))
         if gguf_name == "token_embd":
             writer.add_tensor("output.weight", np.ascontiguousarray(data))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_and_close(writer)
 
 
-def test_gguf_written_from_a_transformers_gpt2_imports_with_its_logits(tmp_path):
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_gguf_written_from_a_transformers_model_imports_with_its_logits(tmp_path, architecture):
     transformers = transformers_or_skip()
     import torch
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    hf_model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
+    if architecture == "gpt2":
+        hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0)).eval()
+    else:
+        hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=16, rope_theta=500.0, rms_norm_eps=1e-5,
+            tie_word_embeddings=False)).eval()
+    with torch.no_grad():  # norms start at one and biases at zero: make every weight count
         for p in hf_model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    write_gguf_like_llama_cpps_gpt2_converter(hf_model, tmp_path / "hf.gguf")
+    write = write_gguf_like_llama_cpps_gpt2_converter if architecture == "gpt2" else write_gguf_like_llama_cpps_converter
+    write(hf_model, tmp_path / "hf.gguf")
     model = load_checkpoint(import_gguf(tmp_path / "hf.gguf", tmp_path / "c.npz"))["model"]
-    assert model.config["tie_embeddings"] is True and model.config["ffn_hidden_dim"] == 128
-    idx = np.random.default_rng(1).integers(0, 50, size=(2, 16))
-    with torch.no_grad():
-        theirs = hf_model(torch.from_numpy(idx)).logits.numpy()
-    assert relative_error(theirs, model.forward(idx)[0]) < 1e-5
-
-
-def test_gguf_written_from_a_transformers_llama_imports_with_its_logits(tmp_path):
-    transformers = transformers_or_skip()
-    import torch
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
-                                      rope_theta=500.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
-    hf_model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for p in hf_model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    write_gguf_like_llama_cpps_converter(hf_model, tmp_path / "hf.gguf")
-    model = load_checkpoint(import_gguf(tmp_path / "hf.gguf", tmp_path / "c.npz"))["model"]
-    assert model.config["num_kv_heads"] == 2 and model.config["tie_embeddings"] is False
+    if architecture == "gpt2":
+        assert model.config["tie_embeddings"] is True and model.config["ffn_hidden_dim"] == 128
+    else:
+        assert model.config["num_kv_heads"] == 2 and model.config["tie_embeddings"] is False
     idx = np.random.default_rng(1).integers(0, 50, size=(2, 16))
     with torch.no_grad():
         theirs = hf_model(torch.from_numpy(idx)).logits.numpy()
