@@ -218,7 +218,7 @@ def _add_metadata(writer, c, name, tokenizer, file_type):
         writer.add_eos_token_id(end_of_text)
 
 
-def _encode_tensor(name, value, dtype):
+def _encode_tensor(value, dtype):
     """(array, raw ggml type or None) for the writer: norms and biases (1-D) stay float32, as in
     llama.cpp's converter; matrices take ``dtype`` (q8_0 where each row is a multiple of 32)."""
     import gguf
@@ -262,7 +262,7 @@ def export_gguf(checkpoint_path, out_path, dtype="f32", overwrite=False, name=No
     _add_metadata(writer, c, name or Path(out_path).stem, tokenizer,
                   int(gguf.LlamaFileType[DTYPES[dtype][1]]))
     for tensor_name, value in to_gguf(params, c.to_dict()).items():
-        array, raw_dtype = _encode_tensor(tensor_name, value, dtype)
+        array, raw_dtype = _encode_tensor(value, dtype)
         writer.add_tensor(tensor_name, array, raw_dtype=raw_dtype)
     del params
 
