@@ -9,6 +9,7 @@ the work itself lives in launch, estimate, prepare, interop, experiments and too
     nanollm sample --checkpoint runs/small --prompt "ROMEO:" --seed 1
     nanollm info --preset gpt2-124m           (or a checkpoint, or a config file)
     nanollm prepare input.txt data/input --tokenizer bpe
+    nanollm synth --stories 2000 --arithmetic 500 --seed 1 --out synth.txt
     nanollm plot runs/small
     nanollm export runs/small hf/small                   (--format hf: GPT-2 or Llama by the model)
     nanollm export --format gguf runs/small small.gguf   (llama.cpp, Ollama, LM Studio)
@@ -267,6 +268,22 @@ def cmd_prepare(args):
     return 0
 
 
+def cmd_synth(args):
+    from nanollm.corpus import KINDS, write_synthetic
+
+    summary = write_synthetic(args.out, {kind: getattr(args, kind, None) for kind in KINDS}, seed=args.seed,
+                              format=getattr(args, "format", None), overwrite=args.overwrite)
+    print(f"wrote {summary['path']}: {summary['bytes']:,} bytes ({summary['bytes'] / 1024:,.1f} KiB), "
+          f"{summary['format']}, seed {summary['seed']}")
+    print(f"{summary['records']:,} records, {summary['unique']:,} unique ({summary['unique'] / summary['records']:.1%})")
+    for kind, figures in summary["kinds"].items():
+        print(f"  {kind:<13} {figures['records']:>8,} records, {figures['unique']:>8,} unique "
+              f"({figures['unique'] / figures['records']:.1%})")
+    print(f"train on it with: nanollm train --data {args.out}   (or tokenize it first: nanollm prepare {args.out} "
+          f"prepared/{Path(args.out).stem})")
+    return 0
+
+
 def cmd_plot(args):
     from nanollm.metrics import METRICS_FILE, plot_metrics
 
@@ -437,6 +454,29 @@ def build_parser():
                       help="refuse, before writing anything, data whose distinct non-empty lines (records for "
                            "JSONL) are fewer than this fraction of them, e.g. 0.5")
     prep.set_defaults(parser=prep, handler=cmd_prepare)
+
+    synth = commands.add_parser(
+        "synth", help="write a synthetic corpus: stories, facts, arithmetic, instructions ...",
+        description="Write records of the embedded synthetic corpus (nanollm.corpus): text lines, or instruction "
+                    "pairs as Alpaca or ShareGPT JSON Lines. The same arguments always write the same file. With no "
+                    "counts: stories 2000, facts 200, sequences 300, arithmetic 1000, questions 200, instructions "
+                    "1000 (text), or instructions 1000 (alpaca, sharegpt); with some counts, the kinds not given "
+                    "are 0. Prints how many records are unique.")
+    for kind, example in (("stories", "Ada went to the park with Ben. ..."), ("facts", "The sky is blue."),
+                          ("sequences", "Monday, Tuesday, Wednesday."), ("arithmetic", "12 + 7 = 19"),
+                          ("questions", "Q: What colour is the grass? A: ..."),
+                          ("instructions", "Reverse the word. cat -> tac, in the chat template")):
+        synth.add_argument(f"--{kind}", type=int, default=argparse.SUPPRESS, metavar="N",
+                           help=f"{kind} records to write, e.g. {example!r} (default: as above when no count is "
+                                "given, else 0)")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed and counts give the same file")
+    synth.add_argument("--format", default=argparse.SUPPRESS, choices=["text", "alpaca", "sharegpt"],
+                       help="text lines, or instruction pairs as JSON Lines (default: alpaca for a .jsonl --out, "
+                            "else text)")
+    synth.add_argument("--out", required=True, default=argparse.SUPPRESS,
+                       help="the file to write: .txt for text, .jsonl for alpaca and sharegpt (required; default: none)")
+    synth.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    synth.set_defaults(parser=synth, handler=cmd_synth)
 
     plot = commands.add_parser("plot", help="PNG curves of a run's metrics.jsonl",
                                description="Plot loss, validation loss, learning rate and gradient norm per step.")

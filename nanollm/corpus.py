@@ -15,11 +15,19 @@ Each kind has a rule a small model can find (a sound belongs to its animal, a su
 reversed word is the word backwards), so the loss falls well below the unigram entropy within
 a few hundred steps and samples visibly improve. ``synthetic_instructions`` gives the same
 instruction pairs as Alpaca or ShareGPT records for the instruction-tuning examples and tests.
+
+``synthesize`` (and ``nanollm synth``, through ``write_synthetic``) asks for a number of
+records of each kind instead of a size: each kind draws from its own seeded stream, so the
+stories of seed 3 are the same whatever the other counts, and the same arguments always give
+the same records, byte for byte.
 """
 
+import json
 import random
+from pathlib import Path
 
 from nanollm.instruct import alpaca_conversation, render_text
+from nanollm.textfiles import write_atomically
 
 NAMES = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "Jun", "Kim", "Lea"]
 ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "hen", "pig"]
@@ -134,12 +142,114 @@ def synthetic_instructions(count=100, seed=0, format="alpaca"):
     if format not in ("alpaca", "sharegpt"):
         raise ValueError(f"format must be 'alpaca' or 'sharegpt', got {format!r}")
     rng = random.Random(seed)
+    return [_instruction_record(instruction_pair(rng), format) for _ in range(count)]
+
+
+def _instruction_record(pair, format):
+    instruction, extra, output = pair
+    if format == "alpaca":
+        return {"instruction": instruction, "input": extra, "output": output}
+    (_, user), (_, answer) = _conversation(instruction, extra, output)
+    return {"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": answer}]}
+
+
+# ------------------------------------------------------------------ records by kind: synthesize
+
+KINDS = {"stories": _story, "facts": _fact, "sequences": _sequence, "arithmetic": _arithmetic,
+         "questions": _question, "instructions": _instruction}
+SYNTH_FORMATS = ("text", "alpaca", "sharegpt")
+# Without counts: about 300,000 characters of text (the embedded corpus's mix, fewer of the kinds
+# with few distinct lines), or 1,000 instruction records.
+DEFAULT_COUNTS = {"text": {"stories": 2000, "facts": 200, "sequences": 300, "arithmetic": 1000, "questions": 200,
+                           "instructions": 1000},
+                  "alpaca": {"instructions": 1000}, "sharegpt": {"instructions": 1000}}
+
+
+def _resolve_counts(counts, format):
+    """{kind: count} with every kind present: the defaults when no count is given, else the
+    given ones (kinds left out or None: 0). Errors name the kind and the fix."""
+    if format not in SYNTH_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(SYNTH_FORMATS)}, got {format!r}")
+    given = {kind: n for kind, n in (counts or {}).items() if n is not None}
+    unknown = sorted(set(given) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown kind {unknown[0]!r}; the kinds are {', '.join(KINDS)}")
+    for kind, n in given.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"--{kind} (the count of {kind}) must be a whole number >= 0, got {n!r}")
+    resolved = {kind: given.get(kind, 0) if given else DEFAULT_COUNTS[format].get(kind, 0) for kind in KINDS}
+    others = [f"--{kind} {n}" for kind, n in resolved.items() if n and kind != "instructions"]
+    if format != "text" and others:
+        raise ValueError(f"--format {format} holds instruction pairs only, so {', '.join(others)} cannot be written "
+                         f"in it; leave {'them' if len(others) > 1 else 'it'} out, or write --format text (where "
+                         "instructions are rendered in the chat template among the other lines)")
+    if not sum(resolved.values()):
+        raise ValueError("every count is 0, so there is nothing to write; ask for at least one record (e.g. "
+                         "--stories 100)")
+    return resolved
+
+
+def _synthesize(counts, seed, format):
+    """[(kind, record), ...]: text lines shuffled together (seeded), or instruction records."""
     records = []
-    for _ in range(count):
-        instruction, extra, output = instruction_pair(rng)
-        if format == "alpaca":
-            records.append({"instruction": instruction, "input": extra, "output": output})
+    for kind, count in _resolve_counts(counts, format).items():
+        rng = random.Random(f"{seed}:{kind}")  # a stream per kind: no kind depends on another's count
+        if kind == "instructions" and format != "text":
+            records += [(kind, _instruction_record(instruction_pair(rng), format)) for _ in range(count)]
         else:
-            (_, user), (_, answer) = _conversation(instruction, extra, output)
-            records.append({"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": answer}]})
+            records += [(kind, KINDS[kind](rng)) for _ in range(count)]
+    if format == "text":
+        random.Random(f"{seed}:order").shuffle(records)
     return records
+
+
+def synthesize(counts=None, seed=0, format="text"):
+    """Synthetic records: counts is {kind: number} over KINDS (stories, facts, sequences,
+    arithmetic, questions, instructions); None or {} gives DEFAULT_COUNTS[format], and kinds not
+    named are 0. format "text": lines (str, each ending in a newline; an instruction is rendered
+    in the chat template, several lines), shuffled; "alpaca" / "sharegpt": instruction records
+    (dicts), the same pairs as text's instructions of that seed. Same arguments, same records."""
+    return [record for _, record in _synthesize(counts, seed, format)]
+
+
+def records_text(records, format="text"):
+    """The file content of records: the lines joined, or one JSON object per line."""
+    if format == "text":
+        return "".join(records)
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+def _key(record):
+    return record if isinstance(record, str) else json.dumps(record, sort_keys=True, ensure_ascii=False)
+
+
+def write_synthetic(path, counts=None, seed=0, format=None, overwrite=False):
+    """Write ``synthesize(counts, seed, format)`` to path (atomically) and return what it holds:
+    {"path", "format", "seed", "bytes", "records", "unique", "kinds": {kind: {"records", "unique"}}}.
+
+    format None: alpaca for a .jsonl path, else text. A .jsonl file must hold JSON Lines and
+    JSON Lines must be named .jsonl, since nanollm train and prepare tell them apart by that."""
+    path = Path(path)
+    format = format or ("alpaca" if path.suffix == ".jsonl" else "text")
+    if format == "text" and path.suffix == ".jsonl":
+        raise ValueError(f"{str(path)!r} ends in .jsonl, which train and prepare read as instruction JSON Lines, but "
+                         "--format text writes plain lines; name it .txt or give --format alpaca or sharegpt")
+    if format in ("alpaca", "sharegpt") and path.suffix != ".jsonl":
+        raise ValueError(f"--format {format} writes JSON Lines, which train and prepare recognise by the .jsonl "
+                         f"suffix; name the file {path.stem}.jsonl")
+    if path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is a folder; give the path of the file to write")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another --out or pass --overwrite to replace it")
+    pairs = _synthesize(counts, seed, format)
+    payload = records_text([record for _, record in pairs], format).encode("utf-8")
+    write_atomically(path, lambda f: f.write(payload))
+    kinds = {kind: {"records": 0, "unique": set()} for kind in KINDS}
+    for kind, record in pairs:
+        kinds[kind]["records"] += 1
+        kinds[kind]["unique"].add(_key(record))
+    kinds = {kind: k for kind, k in kinds.items() if k["records"]}
+    unique = len(set().union(*(k["unique"] for k in kinds.values())))
+    return {"path": str(path), "format": format, "seed": seed, "bytes": len(payload), "records": len(pairs),
+            "unique": unique, "kinds": {kind: {"records": k["records"], "unique": len(k["unique"])}
+                                        for kind, k in kinds.items()}}
