@@ -209,6 +209,9 @@ def test_bad_arguments_give_one_line_errors_in_a_subprocess(tmp_path):
     (["plot", "nowhere"], ["holds no metrics.jsonl"], 1),
     (["plot", "a", "b", "--out", "c.png"], ["--out names one file"], 2),
     (["prepare", "missing.txt", "out"], ["missing.txt", "does not exist"], 1),
+    (["prepare", "missing.txt", "out", "--min-unique", "1.5"], ["--min-unique must be a fraction in [0, 1]"], 2),
+    (["synth"], ["--out"], 2),
+    (["synth", "--stories", "2", "--format", "sharegpt", "--out", "s.jsonl"], ["instruction pairs only"], 1),
     (["export", "--format", "onnx", "a", "b"], ["invalid choice: 'onnx'"], 2),
     (["import", "nowhere", "x.npz"], ["nowhere"], 1),
     (["bench", "--configs", "huge"], ["unknown config 'huge'"], 2),
@@ -244,7 +247,7 @@ def _subcommand_parsers():
     return {name: sub for name, sub in commands.choices.items()}
 
 
-@pytest.mark.parametrize("name", ["train", "sample", "info", "prepare", "plot", "export", "import", "bench"])
+@pytest.mark.parametrize("name", ["train", "sample", "info", "prepare", "synth", "plot", "export", "import", "bench"])
 def test_help_lists_every_option_with_its_default(name, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([name, "--help"])

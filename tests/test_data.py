@@ -183,7 +183,7 @@ def test_prepare_bpe_and_reuse_a_saved_tokenizer(corpus_file, tmp_path):
     text = corpus_file.read_text(encoding="utf-8")
     assert data["tokenizer"].decode(np.concatenate([data["train"].tokens, data["val"].tokens])) == text
     assert len(data["train"]) + len(data["val"]) < 0.7 * len(text.encode())  # merges compress
-    again = prepare(corpus_file, tmp_path / "again", tokenizer=tmp_path / "bpe" / "tokenizer.json")
+    prepare(corpus_file, tmp_path / "again", tokenizer=tmp_path / "bpe" / "tokenizer.json")
     assert load_prepared(tmp_path / "again")["tokenizer"].to_dict() == data["tokenizer"].to_dict()
     with pytest.raises(ValueError, match="is neither 'char', 'bpe' nor a saved tokenizer.json"):
         prepare(corpus_file, tmp_path / "x", tokenizer="wordpiece")
@@ -306,3 +306,109 @@ def test_prepared_files_decode_to_the_text_for_any_unicode(tmp_path_factory, tex
     data = load_prepared(folder / "out")
     val = data["val"].tokens if data["val"] is not None else np.zeros(0, dtype=np.int64)
     assert data["tokenizer"].decode(np.concatenate([data["train"].tokens, val])) == text
+
+
+# ---------------------------------------------------------------- data quality: what prepare reports
+
+
+TRAIN_TEXT = "alpha\nbeta\nalpha\n\ngamma\x07\ndelta\u00a0x\nepsilon\n"  # a bell and a no-break space
+VAL_TEXT = "beta\nomega\nalpha\n"  # two of its three lines occur in training
+
+
+def _hand_made(tmp_path):
+    """The text above and the val_fraction whose cut falls exactly where VAL_TEXT starts."""
+    path = tmp_path / "hand.txt"
+    path.write_text(TRAIN_TEXT + VAL_TEXT, encoding="utf-8")
+    size = path.stat().st_size
+    return path, (len(VAL_TEXT.encode()) + 0.5) / size
+
+
+@pytest.mark.parametrize("chunk", [3, 8, 1 << 20])
+def test_quality_figures_of_a_hand_made_text(tmp_path, chunk):
+    path, val_fraction = _hand_made(tmp_path)
+    text = TRAIN_TEXT + VAL_TEXT
+    meta = prepare(path, tmp_path / "out", val_fraction=val_fraction, chunk_bytes=chunk)
+    assert load_prepared(tmp_path / "out")["tokenizer"].decode(load_prepared(tmp_path / "out")["val"].tokens) == VAL_TEXT
+    q = meta["quality"]
+    assert (q["unit"], q["total"], q["non_empty"], q["unique"]) == ("line", 10, 9, 6)
+    assert q["unique_fraction"] == pytest.approx(6 / 9, abs=1e-6)
+    assert q["duplicate_share"] == pytest.approx(5 / 9, abs=1e-6)  # alpha x3 and beta x2 occur more than once
+    assert q["most_repeated"] == [["alpha", 3], ["beta", 2]]
+    assert (q["val_total"], q["val_in_train"]) == (3, 2) and q["val_in_train_fraction"] == pytest.approx(2 / 3, abs=1e-6)
+    assert q["non_printable"] == 2 and q["non_printable_characters"] == [["U+0007", 1], ["U+00A0", 1]]
+    assert q["characters"] == len(text) and q["distinct_characters"] == len(set(text))
+    top_char, top_count = max(sorted(set(text)), key=text.count), max(map(text.count, set(text)))
+    assert q["top_characters"][0] == [top_char, top_count]
+    assert (q["vocab_size"], q["tokens"], q["tokens_per_char"]) == (len(set(text)), len(text), 1.0)
+    assert json.loads((tmp_path / "out" / "meta.json").read_text(encoding="utf-8"))["quality"] == q
+
+
+def test_a_cut_inside_a_line_makes_it_a_training_line():
+    from nanollm.data_quality import TextQuality
+
+    quality = TextQuality()
+    quality.add("ab\ncd\nab\n", cut=4)  # validation starts inside "cd": its whole lines are only "ab"
+    figures = quality.figures()
+    assert (figures["val_total"], figures["val_in_train"], figures["total"]) == (1, 1, 3)
+    quality = TextQuality()
+    quality.add("ab\ncd", cut=4)  # inside the last line: no whole validation line
+    assert quality.figures()["val_in_train_fraction"] is None and quality.figures()["val_total"] == 0
+
+
+def test_quality_of_instruction_jsonl_counts_records(tmp_path):
+    rows = [("Say hi.", "hi"), ("Say no.", "no"), ("Say hi.", "hi"), ("Say yes.", "yes"), ("Say no.", "no")]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"instruction": q, "input": "", "output": a}) + "\n" for q, a in rows),
+                    encoding="utf-8")
+    meta = prepare(path, tmp_path / "out", val_fraction=0.4)  # validation: the last two records
+    q = meta["quality"]
+    assert (q["unit"], q["total"], q["non_empty"], q["unique"]) == ("record", 5, 5, 3)
+    assert q["unique_fraction"] == 0.6 and q["duplicate_share"] == 0.8
+    assert (q["val_total"], q["val_in_train"]) == (2, 1)  # "Say no." was trained on, "Say yes." was not
+    from nanollm.instruct import alpaca_conversation, render_text
+
+    rendered = [render_text(alpaca_conversation({"instruction": a, "output": b})) for a, b in rows]
+    assert q["characters"] == sum(map(len, rendered)) and q["tokens"] == meta["train_tokens"] + meta["val_tokens"]
+    assert q["tokens_per_char"] < 1  # the role markers and <|endoftext|> are one token each
+    with pytest.raises(ValueError, match=r"chat.jsonl: only 60.0% of its 5 records are unique \(3 distinct\), "
+                                         r"below min_unique=0.7 \(--min-unique\)"):
+        prepare(path, tmp_path / "refused", min_unique=0.7)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_min_unique_refuses_before_anything_is_written(tmp_path):
+    path, val_fraction = _hand_made(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    seen = []
+
+    def report(figures):
+        seen.append(sorted(p.name for p in out.iterdir()))
+
+    with pytest.raises(ValueError, match=r"hand.txt: only 66.7% of its 9 non-empty lines are unique \(6 distinct\), "
+                                         r"below min_unique=0.7 \(--min-unique\); remove the duplicates"):
+        prepare(path, out, val_fraction=val_fraction, min_unique=0.7, report=report)
+    assert seen == [["notes.txt"]] and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    meta = prepare(path, out, val_fraction=val_fraction, min_unique=0.6, report=report)
+    assert seen[1] == ["notes.txt"] and meta["quality"]["unique"] == 6  # the report came before the files
+    with pytest.raises(ValueError, match=r"min_unique must be a fraction in \[0, 1\], got 2"):
+        prepare(path, tmp_path / "other", min_unique=2)
+
+
+def test_prepare_command_prints_the_quality_and_refuses_with_min_unique(tmp_path):
+    from test_cli import assert_one_line_error, nanollm
+
+    path, val_fraction = _hand_made(tmp_path)
+    done = nanollm("prepare", path.name, "refused", "--val-fraction", val_fraction, "--min-unique", "0.7", cwd=tmp_path,
+                   check=False)
+    assert_one_line_error(done, "hand.txt: only 66.7% of its 9 non-empty lines are unique", "--min-unique")
+    assert "unique         6 of 9 non-empty lines (66.7%)" in done.stdout  # the figures, then the refusal
+    assert not (tmp_path / "refused").exists()
+    done = nanollm("prepare", path.name, "out", "--val-fraction", val_fraction, "--min-unique", "0.5", cwd=tmp_path)
+    for line in ("data quality of hand.txt (by line):", "size           58 characters in 10 lines (9 non-empty)",
+                 "most repeated  3x 'alpha', 2x 'beta'", "non-printable  2 (U+0007 x1, U+00A0 x1)",
+                 "val in train   2 of 3 non-empty validation lines (66.7%) also occur in the training split",
+                 "tokens         58 with a vocabulary of 18, 1.000 tokens per character"):
+        assert line in done.stdout, done.stdout
+    assert json.loads((tmp_path / "out" / "meta.json").read_text(encoding="utf-8"))["quality"]["unique"] == 6
