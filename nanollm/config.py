@@ -83,6 +83,19 @@ DEFAULTS = {
     "sample_interval": 0,         # steps between printed samples (0: none)
     "sample_prompt": "\n",        # prompt of those samples (needs a tokenizer)
     "sample_length": 200,         # tokens generated per sample
+    # ---- post-training: GRPO, PPO, DPO (nanollm rl; see nanollm.posttrain) ----
+    "rl_group_size": 8,           # grpo: responses sampled per prompt (a group: advantages are relative within it)
+    "rl_prompts_per_step": 4,     # grpo/ppo: prompts sampled each step (rollouts per step = prompts x group size)
+    "rl_inner_epochs": 1,         # grpo/ppo: optimizer passes over each step's rollouts (the ratio leaves 1 after the first)
+    "rl_temperature": 1.0,        # grpo/ppo: sampling temperature of the rollouts
+    "rl_top_k": None,             # grpo/ppo: sample among the k most likely tokens only (None: all)
+    "rl_max_new_tokens": 16,      # grpo/ppo: longest response sampled
+    "rl_beta": 0.04,              # grpo/ppo: weight of the k3 KL penalty to the reference (the starting weights)
+    "rl_clip_low": 0.2,           # grpo/ppo: the ratio is clipped to [1 - rl_clip_low, 1 + rl_clip_high]
+    "rl_clip_high": 0.2,          # grpo/ppo: upper clip (DAPO's clip-higher: 0.28)
+    "rl_normalisation": "token",  # grpo/ppo: loss mean over every response token (token, DAPO) or per response first (sequence)
+    "rl_scale_rewards": True,     # grpo: divide each group's centred rewards by their std (False: R - mean alone)
+    "dpo_beta": 0.1,              # dpo: strength of the implicit KL to the reference in -log sigmoid(beta margin)
     # ---- numerics and reproducibility ----
     "dtype": None,                # float32, float64, or float16 / bfloat16 compute with float32 master weights (None: the model's)
     "backend": None,              # numpy, numba, cython, auto (CPU) or cupy (GPU) (None: the current one, auto by default)
@@ -98,19 +111,21 @@ TRACKERS = tuple(tracking.TRACKERS)  # report_to's names
 # float is.
 OPTIONAL_TYPES = {
     **model_config.TYPES,
-    "eval_steps": int, "epochs": int, "decay_steps": int, "patience": int,
+    "eval_steps": int, "epochs": int, "decay_steps": int, "patience": int, "rl_top_k": int,
     "checkpoint_dir": str, "resume_from": str, "init_from": str, "dtype": str, "backend": str, "no_decay": list,
 }
 CHOICES = {"architecture": model_config.ARCHITECTURES, "optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES,
            "dtype": model_config.DTYPES + model_config.HALF_DTYPES, "backend": backends.names(),
-           "muon_adjust_lr": MUON_ADJUST_LR}
+           "muon_adjust_lr": MUON_ADJUST_LR, "rl_normalisation": ("token", "sequence")}
 POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size", "sample_length",
             "epochs", "patience", "eps", "lora_alpha", "muon_learning_rate", "muon_ns_steps", "sophia_rho",
-            "sophia_hessian_interval")
-UNIT_INTERVAL = ("lora_dropout", "val_fraction", "muon_momentum")  # in [0, 1)
+            "sophia_hessian_interval", "rl_group_size", "rl_prompts_per_step", "rl_inner_epochs", "rl_top_k",
+            "rl_max_new_tokens", "dpo_beta")
+UNIT_INTERVAL = ("lora_dropout", "val_fraction", "muon_momentum", "rl_clip_low")  # in [0, 1)
 NON_NEGATIVE = ("weight_decay", "max_grad_norm", "warmup_steps", "decay_steps", "min_learning_rate", "momentum",
                 "eval_interval", "checkpoint_interval", "lora_rank", "keep_last_n", "log_interval", "sample_interval",
-                "min_delta", "seed", "gamma", "power", "param_check_interval")
+                "min_delta", "seed", "gamma", "power", "param_check_interval", "rl_temperature", "rl_beta",
+                "rl_clip_high")
 
 PRESETS = {
     # nano-llm's scaling guide: embedding / layers / ffn, each with a recipe for the embedded corpus
