@@ -159,7 +159,7 @@ def test_synth_command_refusals_are_one_line_and_write_nothing(tmp_path):
 
 
 def test_synth_output_prepares_and_trains_as_it_is(tmp_path):
-    """A text file through prepare then train; a JSONL file straight into train."""
+    """A text file through prepare, and into train prepared or as it is; a JSONL file straight into train."""
     nanollm("synth", "--stories", "150", "--arithmetic", "150", "--instructions", "60", "--seed", "2", "--out",
             "corpus.txt", cwd=tmp_path)
     done = nanollm("prepare", "corpus.txt", "prepared", cwd=tmp_path)
@@ -168,8 +168,9 @@ def test_synth_output_prepares_and_trains_as_it_is(tmp_path):
     text = (tmp_path / "corpus.txt").read_text(encoding="utf-8")
     assert data["tokenizer"].special_tokens == {"<|endoftext|>": data["tokenizer"].vocab_size - 1}  # the chat turns end
     assert data["meta"]["quality"]["characters"] == len(text)
-    trained = nanollm("train", "--data", "prepared", "--out", "run", "--num_steps=3", *TINY_MODEL, cwd=tmp_path)
-    assert "step 3/3" in trained.stdout and (tmp_path / "run" / "checkpoint_final.npz").is_file()
+    for data, run in (("prepared", "run"), ("corpus.txt", "direct")):  # the prepared folder, and the file itself
+        trained = nanollm("train", "--data", data, "--out", run, "--num_steps=3", *TINY_MODEL, cwd=tmp_path)
+        assert "step 3/3" in trained.stdout and (tmp_path / run / "checkpoint_final.npz").is_file()
 
     nanollm("synth", "--instructions", "80", "--out", "answers.jsonl", cwd=tmp_path)
     tuned = nanollm("train", "--data", "answers.jsonl", "--out", "sft", "--num_steps=3", *TINY_MODEL, cwd=tmp_path)
