@@ -148,7 +148,7 @@ def load_initial_weights(model, init_from, tokenizer):
     load_checkpoint(path, model, tokenizer=tokenizer)  # shapes and tokenizer checked against the model's
 
 
-def _attach_lora(model, cfg):
+def attach_lora(model, cfg):
     """lora_rank > 0: LoRA adapters on the model, every other weight frozen. A model that has
     adapters already (a resumed run's, or attached by hand) must have these."""
     wanted = lora_setting(cfg)
@@ -398,7 +398,7 @@ def _run(model, tokens, cfg, val_tokens, tokenizer, comm):
     resume = cfg["resume_from"]
     if resume is not None and not Path(resume).is_file():
         raise ValueError(f"resume_from={resume!r} does not exist; give the path of a checkpoint_*.npz file")
-    _attach_lora(model, cfg)
+    attach_lora(model, cfg)
     folder = Path(cfg["checkpoint_dir"]) if cfg["checkpoint_dir"] is not None else None  # every rank's name for it
 
     previous_backend = backends.current_name()
