@@ -134,3 +134,31 @@ def test_dpo_prefers_the_chosen_answers_and_resumes_bit_exactly(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be even"):
         train_dpo(tiny(), pairs, {**settings, "batch_size": 3}, tokenizer=TOKENIZER)
     assert load_checkpoint(tmp_path / "a" / "checkpoint_final.npz")["step"] == 6
+
+
+def test_nanollm_rl_warms_up_post_trains_and_reports_before_and_after(tmp_path):
+    """The command end to end, shortened: the supervised warm-up it makes, DPO and GRPO from it,
+    rl_results.json, a checkpoint `nanollm sample` reads, and an earlier run kept."""
+    import subprocess
+    import sys
+
+    def nanollm(*args, check=True):
+        done = subprocess.run([sys.executable, "-m", "nanollm", *map(str, args)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert not check or done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    quick = ["--num_steps=2", "--heldout", "5", "--rl_group_size=4", "--rl_prompts_per_step=2", "--batch_size=8"]
+    nanollm("rl", "--algorithm", "dpo", "--task", "capitalise", "--out", "dpo", "--sft-steps", "20", *quick)
+    record = json.loads((tmp_path / "dpo" / "rl_results.json").read_text())
+    assert record["algorithm"] == "dpo" and record["steps"] == 2 and 0 <= record["reward_before"] <= 1
+    assert {"reward_after", "seconds", "config", "heldout_prompts"} <= set(record)
+    assert (tmp_path / "dpo" / "warmup" / "checkpoint_final.npz").exists()
+    nanollm("rl", "--algorithm", "grpo", "--task", "capitalise", "--init-from", "dpo/warmup", "--out", "grpo", *quick)
+    assert json.loads((tmp_path / "grpo" / "rl_results.json").read_text())["init_from"] == "dpo/warmup"
+    sampled = nanollm("sample", "--checkpoint", "grpo", "--prompt", "hello", "--max-new-tokens", "5",
+                      "--num-samples", "1")
+    assert sampled.stdout.strip()
+    again = nanollm("rl", "--algorithm", "grpo", "--task", "capitalise", "--init-from", "dpo/warmup", "--out", "grpo",
+                    *quick, check=False)
+    assert again.returncode != 0 and "holds an earlier rl run" in again.stderr and len(again.stderr.splitlines()) == 1
