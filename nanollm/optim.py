@@ -10,6 +10,10 @@ decays 2-D weights and embeddings only). ``clip_grad_norm`` scales all gradients
 Muon is for 2-D weight matrices only: optimizer="muon" in a config means Muon for the hidden
 matrices ``uses_muon`` picks and AdamW for every other parameter; ``rule_for(name, param, cfg)``
 says, per parameter, which rule a config uses and with what settings.
+
+Sophia keeps a curvature estimate h beside its momentum: its Optimizer carries a ``hessian``
+rule (h from a gradient of sampled labels, which nanollm.sophia computes every
+sophia_hessian_interval steps), and its update takes the step's token count.
 """
 
 import math
@@ -216,12 +220,82 @@ def muon_update(param, grad, state, lr, momentum=0.95, nesterov=True, ns_steps=5
     param -= (lr * muon_lr_factor(param.shape, adjust_lr)) * direction
 
 
+# ---------------------------------------------------------------------------- Sophia
+#
+# Sophia-G (Liu, Li, Hall, Liang & Ma, 2023, "Sophia: A Scalable Stochastic Second-order
+# Optimizer for Language Model Pre-training"), as the authors' SophiaG (github.com/Liuhong99/
+# Sophia, sophia.py) computes it, operation for operation:
+#     step():            param.mul_(1 - lr * weight_decay)
+#                        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+#                        ratio = (exp_avg.abs() / (rho * bs * hessian + 1e-15)).clamp(None, 1)
+#                        param.addcmul_(exp_avg.sign(), ratio, value=-lr)
+#     update_hessian():  hessian.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+# with bs the tokens of a step (train_sophiag.py: total_bs * block_size) and update_hessian fed
+# the gradient of the mean cross-entropy against labels sampled from the model's own softmax
+# (nanollm.sophia). Two differences, both settings: the guard 1e-15 is the config's eps (pass
+# eps=1e-15 for the reference's number), and bs is the step's counted targets, which equals its
+# tokens unless targets are masked (the loss, and so the Hessian's gradient, averages over those).
+# No bias correction: the first steps, before any Hessian estimate (h = 0), are sign steps of
+# size lr, as in the reference.
+
+def sophia_init(param):
+    """Sophia's state: the gradient average m, the Hessian diagonal estimate h, the step count."""
+    xp = backends.array_module(param)
+    return {"m": xp.zeros_like(param), "h": xp.zeros_like(param), "step": 0}
+
+
+def sophia_update(param, grad, state, lr, tokens, beta1=0.965, beta2=0.99, rho=0.04, eps=1e-15, weight_decay=0.0,
+                  grad_scale=None):
+    """Sophia-G's step (see the comment above: the authors' SophiaG.step):
+
+    param *= 1 - lr * weight_decay
+    m = beta1 m + (1 - beta1) g
+    param -= lr * sign(m) * min(|m| / (rho * tokens * h + eps), 1)
+
+    Every coordinate moves by at most lr: by lr where the curvature is small next to the
+    gradient (clipped), by lr |m| / (rho tokens h), a Newton step damped by rho, where it is not.
+    tokens: the step's counted targets (bs in the reference), a number or a 0-d array; beta2 is
+    the Hessian's (sophia_hessian_update). grad_scale (None: 1) as adamw_update's: g = grad *
+    grad_scale, 0 skips the step (param, m, t unchanged), decided on the device, no host read.
+    param, grad, m, h: one shape; the arithmetic stays in param's dtype."""
+    xp = backends.array_module(param)
+    dtype = param.dtype
+    grad_scale = xp.asarray(1 if grad_scale is None else grad_scale, dtype=dtype)
+    take = grad_scale != 0                                     # 0-d bool: False skips the step
+    m, h = state["m"], state["h"]
+    g = xp.where(take, grad * grad_scale, 0)                   # a skipped step's grad may be NaN
+    m[...] = xp.where(take, m * dtype.type(beta1) + dtype.type(1.0 - beta1) * g, m)
+    curvature = xp.asarray(rho * tokens, dtype=dtype) * h + dtype.type(eps)
+    ratio = xp.minimum(xp.abs(m) / curvature, dtype.type(1))
+    size = xp.asarray(lr * take, dtype=dtype)                  # lr, or 0 for a skipped step
+    param *= 1 - size * dtype.type(weight_decay)
+    param -= size * xp.sign(m) * ratio
+    state["step"] = state["step"] + take
+
+
+def sophia_hessian_update(state, grad, beta2=0.99, grad_scale=None):
+    """The Hessian estimate's update (the authors' update_hessian): h = beta2 h + (1 - beta2) g^2,
+    with g = grad * grad_scale the gradient of the mean loss against sampled labels (the
+    Gauss-Newton-Bartlett estimate of diag(H) is tokens * g^2: the update multiplies tokens in).
+    grad_scale 0 (a non-finite g, a diverged run) leaves h as it was."""
+    xp = backends.array_module(state["h"])
+    h = state["h"]
+    dtype = h.dtype
+    grad_scale = xp.asarray(1 if grad_scale is None else grad_scale, dtype=dtype)
+    take = grad_scale != 0
+    g = xp.where(take, grad * grad_scale, 0)
+    h[...] = xp.where(take, h * dtype.type(beta2) + dtype.type(1.0 - beta2) * (g * g), h)
+
+
 class Optimizer(NamedTuple):
     """An update rule: init(param) -> state; update(param, grad, state, lr, weight_decay, **hyper).
-    scales_on_device: update also takes grad_scale (see adamw_update) and never reads the device."""
+    scales_on_device: update also takes grad_scale (see adamw_update) and never reads the device.
+    hessian: for a rule that keeps a curvature estimate (Sophia), hessian(state, grad, beta2,
+    grad_scale) folds in a sampled-label gradient; its update then also takes tokens."""
     init: Callable
     update: Callable
     scales_on_device: bool = False
+    hessian: Callable = None
 
 
 OPTIMIZERS = {
@@ -230,6 +304,7 @@ OPTIMIZERS = {
     "adamw": Optimizer(adamw_init, adamw_update, scales_on_device=True),
     "lion": Optimizer(lion_init, lion_update),
     "muon": Optimizer(muon_init, muon_update),  # 2-D matrices only; in a config: AdamW for the rest
+    "sophia": Optimizer(sophia_init, sophia_update, scales_on_device=True, hessian=sophia_hessian_update),
 }
 
 
@@ -256,6 +331,7 @@ def hyperparameters(cfg, optimizer=None):
         "adam": dict(beta1=beta1, beta2=beta2, eps=cfg["eps"]),
         "adamw": dict(beta1=beta1, beta2=beta2, eps=cfg["eps"]),
         "lion": dict(beta1=beta1, beta2=beta2),
+        "sophia": dict(beta1=beta1, beta2=beta2, rho=cfg["sophia_rho"], eps=cfg["eps"]),
     }[optimizer]
 
 
@@ -312,11 +388,18 @@ def clip_grad_norm(grads, max_norm):
     return norm
 
 
-def apply_update(rule, param, grad, state, lr, weight_decay, grad_scale):
+def apply_update(rule, param, grad, state, lr, weight_decay, grad_scale, tokens=None):
     """One parameter's update by its Rule in training, on grad * grad_scale (0-d, on the
     parameters' device; 0: skip this step). A rule that scales on the device takes grad_scale
-    itself; for the others the host reads it (training reads its guard every step for them)."""
+    itself; for the others the host reads it (training reads its guard every step for them).
+    tokens: the step's counted targets (0-d, on the device), which a Hessian rule's update takes."""
     lr = lr * rule.lr_factor
+    if rule.optimizer.hessian is not None:
+        if tokens is None:
+            raise ValueError("Sophia's update needs the step's token count: pass tokens= to apply_update")
+        rule.optimizer.update(param, grad, state, lr=lr, tokens=tokens, weight_decay=weight_decay,
+                              grad_scale=grad_scale, **rule.hyper)
+        return
     if rule.optimizer.scales_on_device:
         rule.optimizer.update(param, grad, state, lr=lr, weight_decay=weight_decay, grad_scale=grad_scale,
                               **rule.hyper)
@@ -327,3 +410,9 @@ def apply_update(rule, param, grad, state, lr, weight_decay, grad_scale):
     grad = grad.astype(param.dtype, copy=False)
     rule.optimizer.update(param, grad if scale == 1 else grad * grad_scale, state, lr=lr,
                           weight_decay=weight_decay, **rule.hyper)
+
+
+def apply_hessian(rule, state, grad, grad_scale):
+    """A Hessian rule's (Sophia's) estimate update from one parameter's sampled-label gradient
+    sums times grad_scale (0-d, on the device; 0: leave the estimate as it was)."""
+    rule.optimizer.hessian(state, grad, beta2=rule.hyper["beta2"], grad_scale=grad_scale)

@@ -11,6 +11,11 @@
                    no-op, decided on the device
     clip           the global norm to max_grad_norm, folded with 1/loss-scale into grad_scale
     update         every parameter's rule through optim.apply_update(..., grad_scale)
+    hessian        Sophia only, every sophia_hessian_interval steps: the same micro-batches
+                   again, against labels sampled from the updated model (nanollm.sophia),
+                   through the same accumulate (and Allreduce) into a buffer of their own, so
+                   the step's loss, accuracy and gradient stay the real labels'; the mean
+                   gradient feeds every parameter's Hessian estimate (optim.apply_hessian)
 
     step = TrainingStep(model, cfg, comm)
     loss, grad_norm, windows = step(index, batches, lr)     # device scalars, no host read
@@ -28,8 +33,9 @@ import numpy as np
 
 from nanollm import backends, distributed
 from nanollm.ops.cross_entropy import IGNORE_INDEX, correct_predictions
-from nanollm.optim import apply_update, clip_coefficient, decays, global_grad_norm, rule_for
+from nanollm.optim import apply_hessian, apply_update, clip_coefficient, decays, global_grad_norm, rule_for
 from nanollm.precision import HALF_DTYPES, LossScaler, compute_dtype, computing_in
+from nanollm.sophia import label_stream, sampled_loss_and_backward
 
 
 class TrainingStep:
@@ -45,6 +51,10 @@ class TrainingStep:
         self.states = {name: self.rules[name].optimizer.init(p) for name, p in trainable.items()}
         self.decay = {name: decays(name, p, cfg["no_decay"]) for name, p in trainable.items()}
         self.buffer = GradientBuffer(trainable, xp)  # in the master weights' dtype
+        # Sophia: every hessian_interval steps a sampled-label gradient, in a buffer of its own
+        sophia = any(rule.optimizer.hessian is not None for rule in self.rules.values())
+        self.hessian_interval = cfg["sophia_hessian_interval"] if sophia else None
+        self.hessian_buffer = GradientBuffer(trainable, xp) if sophia else None
         # Mixed precision: a half-precision copy of the weights computes; float16 scales its loss.
         self.half = compute_dtype(cfg["dtype"]) if cfg["dtype"] in HALF_DTYPES else None
         self.scaler = LossScaler(xp) if cfg["dtype"] == "float16" else None
@@ -65,6 +75,8 @@ class TrainingStep:
         loss, grad_sums, grad_factor, windows = self.accumulate(batches, self.loss_and_backward)
         grad_norm, grad_scale = self.guard(index, loss, grad_sums, grad_factor)
         self.update(grad_sums, lr, grad_scale)
+        if self.hessian_interval is not None and (index + 1) % self.hessian_interval == 0:
+            self.estimate_hessian(index, batches)
         return loss, grad_norm, windows
 
     def loss_and_backward(self, inputs, targets, dloss):
@@ -76,15 +88,16 @@ class TrainingStep:
         del logits
         return loss, self.model.backward(dloss=dloss), correct
 
-    def accumulate(self, batches, loss_and_backward):
+    def accumulate(self, batches, loss_and_backward, buffer=None):
         """(loss, gradient sums, gradient factor, windows) of the step over every rank's
         micro-batches: each micro-batch's mean loss and gradient count for its counted targets (a
         smaller last micro-batch, or one with more masked prompt tokens, counts for less), so
         accumulation and ranks equal one big batch. loss is the mean over every counted target;
         the gradient is the sums (views into the buffer) times the factor, 1 / counted targets
         (0-d), which the guard folds into grad_scale. All stay on the device; float16's sums are
-        still scaled by its loss scale. The step's top-1 accuracy is left in self.accuracy."""
-        buffer = self.buffer
+        still scaled by its loss scale. buffer: where the sums go (default: the step's own, and
+        then the step's top-1 accuracy is left in self.accuracy)."""
+        buffer = self.buffer if buffer is None else buffer
         buffer.zero_counts()
         dloss = 1.0 if self.scaler is None else self.scaler.scale  # float16: the scaled loss's gradient
         # float16 overflows are expected and handled by the scaler: no NumPy warnings for them
@@ -104,7 +117,8 @@ class TrainingStep:
             self.communication_seconds += time.perf_counter() - tick
             windows = int(buffer.counts()[2])
         loss, factor = buffer.mean()
-        self.accuracy = buffer.accuracy()
+        if buffer is self.buffer:
+            self.accuracy = buffer.accuracy()
         return loss, buffer.grads, factor, windows
 
     def guard(self, index, loss, grad_sums, grad_factor):
@@ -141,9 +155,27 @@ class TrainingStep:
     def update(self, grads, lr, grad_scale):
         """Every trainable parameter's rule on its gradient times grad_scale (0: no change)."""
         weight_decay = self.cfg["weight_decay"]
+        tokens = self.buffer.targets()  # the step's counted targets: Sophia's bs
         for name, grad in grads.items():
             apply_update(self.rules[name], self.model.params[name], grad, self.states[name], lr,
-                         weight_decay if self.decay[name] else 0.0, grad_scale)
+                         weight_decay if self.decay[name] else 0.0, grad_scale, tokens)
+
+    def estimate_hessian(self, index, batches):
+        """Sophia's Gauss-Newton-Bartlett estimate after 0-based step ``index``, on the step's own
+        micro-batches and the weights it has just updated (as the authors' README does): labels
+        drawn from the model's softmax by this rank's label_stream(seed, rank, index), the mean
+        cross-entropy's gradient through accumulate (micro-batch weights, the Allreduce) into
+        hessian_buffer, then every parameter's h. A non-finite gradient (a float16 overflow; the
+        loss scale is the real steps' business and stays) or a diverged run leaves h alone."""
+        xp = self.xp
+        rng = label_stream(self.cfg["seed"], self.comm.rank, index)
+        _, sums, factor, _ = self.accumulate(batches, sampled_loss_and_backward(self.model, rng), self.hessian_buffer)
+        if self.scaler is not None:
+            factor = factor / self.scaler.scale.astype(xp.float64)
+        keep = xp.isfinite(global_grad_norm(sums)) & (self.diverged_at < 0)
+        grad_scale = xp.where(keep, factor, 0.0).astype(self.model.params["wte"].dtype)
+        for name, grad in sums.items():
+            apply_hessian(self.rules[name], self.states[name], grad, grad_scale)
 
     def layer_statistics(self, before):
         """({layer: gradient norm}, {layer: update-to-weight ratio}) of the step just taken, for
@@ -228,11 +260,15 @@ class GradientBuffer:
         if correct is not None:
             self.flat[-1] += correct
 
+    def targets(self):
+        """The counted targets summed so far (at least 1): a float64 0-d array on the device."""
+        return self.xp.maximum(self.flat[-3], 1).astype(np.float64)
+
     def mean(self):
         """(mean loss, 1 / counted targets): float64 0-d arrays on the device (no host read).
         The gradient of the mean is the gradient sums times the second (no counted target
         anywhere: the sums, which are 0)."""
-        targets = self.xp.maximum(self.flat[-3], 1).astype(np.float64)
+        targets = self.targets()
         return self.flat[-4].astype(np.float64) / targets, 1.0 / targets
 
     def accuracy(self):

@@ -1,6 +1,7 @@
 """Optimizers against steps computed by hand (and against PyTorch when it is installed),
-gradient clipping, the learning-rate schedules at chosen steps, and Muon (its Newton-Schulz
-orthogonalisation, its steps, which parameters it takes, a model that learns with it)."""
+gradient clipping, the learning-rate schedules at chosen steps, Muon (its Newton-Schulz
+orthogonalisation, its steps, which parameters it takes, a model that learns with it) and
+Sophia's two rules by hand (its estimator and training: tests/test_sophia.py)."""
 
 import math
 
@@ -20,6 +21,9 @@ from nanollm.optim import (
     muon_update,
     newton_schulz,
     rule_for,
+    sophia_hessian_update,
+    sophia_init,
+    sophia_update,
     uses_muon,
 )
 from nanollm.schedule import lr_at
@@ -41,7 +45,7 @@ def test_sgd_plain_momentum_and_nesterov_by_hand():
     one, two = two_steps("sgd", lr=0.1)
     np.testing.assert_allclose(two, P0 - 0.1 * G1 - 0.1 * G2)
     one, two = two_steps("sgd", lr=0.1, momentum=0.9, weight_decay=0.01)
-    g1, buf1 = G1 + 0.01 * P0, G1 + 0.01 * P0
+    buf1 = G1 + 0.01 * P0
     np.testing.assert_allclose(one, P0 - 0.1 * buf1)
     g2 = G2 + 0.01 * one
     np.testing.assert_allclose(two, one - 0.1 * (0.9 * buf1 + g2))
@@ -82,6 +86,55 @@ def test_lion_by_hand():
     np.testing.assert_allclose(one, P0 * (1 - 0.005) - 0.01 * np.sign(0.1 * G1))
     m1 = 0.01 * G1
     np.testing.assert_allclose(two, one * (1 - 0.005) - 0.01 * np.sign(0.9 * m1 + 0.1 * G2))
+
+
+def test_sophia_by_hand():
+    """Clipped where the curvature is small next to m (first two coordinates), a damped Newton
+    step where it is not (the third); decay first, as the authors' SophiaG."""
+    p, state = P0.copy(), sophia_init(P0)
+    state["h"][...] = [0.01, 0.0, 1.0]
+    sophia_update(p, G1, state, lr=0.1, tokens=10, beta1=0.9, rho=0.5, eps=1e-12, weight_decay=0.1)
+    m = 0.1 * G1                                                # [0.01, 0.02, -0.03]
+    ratio = np.minimum(np.abs(m) / (0.5 * 10 * state["h"] + 1e-12), 1)   # [0.2, 1, 0.006]
+    np.testing.assert_allclose(ratio, [0.2, 1.0, 0.006], rtol=1e-10)
+    np.testing.assert_allclose(p, P0 * (1 - 0.01) - 0.1 * np.sign(m) * ratio, rtol=1e-15)
+    np.testing.assert_allclose(p, [0.97, -2.08, 0.4956], rtol=1e-11)  # eps moves the first by 4e-13
+    assert state["step"] == 1 and np.allclose(state["m"], m, rtol=1e-15)
+
+
+def test_sophia_hessian_update_is_an_average_of_squared_gradients():
+    state = sophia_init(P0)
+    sophia_hessian_update(state, G1, beta2=0.9)
+    sophia_hessian_update(state, G2, beta2=0.9, grad_scale=np.asarray(2.0))
+    np.testing.assert_allclose(state["h"], 0.9 * 0.1 * G1**2 + 0.1 * (2 * G2)**2, rtol=1e-15)
+
+
+def test_sophia_skips_a_step_whose_grad_scale_is_zero_even_with_a_nan_gradient():
+    p, state = P0.copy(), sophia_init(P0)
+    sophia_update(p, G1, state, lr=0.1, tokens=4, weight_decay=0.1)
+    sophia_hessian_update(state, G2)
+    before = (p.copy(), state["m"].copy(), state["h"].copy(), state["step"])
+    nan = np.full_like(P0, np.nan)
+    sophia_update(p, nan, state, lr=0.1, tokens=4, weight_decay=0.1, grad_scale=np.asarray(0.0))
+    sophia_hessian_update(state, nan, grad_scale=np.asarray(0.0))
+    assert all(np.array_equal(a, b) for a, b in zip(before[:3], (p, state["m"], state["h"])))
+    assert state["step"] == before[3] == 1
+
+
+def test_sophias_first_steps_before_any_hessian_are_sign_steps_of_size_lr():
+    """h = 0 until the first estimate: every coordinate with m != 0 moves by exactly lr, as the
+    reference's |m| / 1e-15 clipped to 1 does."""
+    p, state = P0.copy(), sophia_init(P0)
+    sophia_update(p, G1, state, lr=0.01, tokens=100)
+    np.testing.assert_allclose(p, P0 - 0.01 * np.sign(G1), rtol=1e-15)
+
+
+def test_sophias_rule_takes_the_config_keys():
+    cfg = resolve({"optimizer": "sophia", "betas": (0.96, 0.98), "eps": 1e-12, "sophia_rho": 0.05})
+    rule = rule_for("wte", np.zeros((3, 2)), cfg)
+    assert rule.optimizer is OPTIMIZERS["sophia"] and rule.lr_factor == 1.0
+    assert rule.hyper == {"beta1": 0.96, "beta2": 0.98, "rho": 0.05, "eps": 1e-12} == hyperparameters(cfg)
+    assert rule.optimizer.hessian is sophia_hessian_update and rule.optimizer.scales_on_device
 
 
 @pytest.mark.parametrize("name, torch_name, hyper, torch_hyper", [
