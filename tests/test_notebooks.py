@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = ("01_embedding", "02_linear", "03_layernorm", "04_attention", "05_mlp_gelu",
              "06_cross_entropy", "07_gpt_model", "08_optimizers_and_schedules", "09_training_run",
-             "10_kernels_and_backends", "11_scaling_experiments", "12_llama_blocks")
-LAYER_NOTEBOOKS = NOTEBOOKS[:7] + ("12_llama_blocks",)   # the ones that derive a backward and check it
+             "10_kernels_and_backends", "11_scaling_experiments", "12_llama_blocks", "13_policy_gradients")
+# the ones that derive a backward and check it
+LAYER_NOTEBOOKS = NOTEBOOKS[:7] + ("12_llama_blocks", "13_policy_gradients")
 EXECUTION_SECONDS = 300           # per notebook, far above the ~5-30 s they take
 
 
