@@ -30,6 +30,7 @@ from nanollm import backends
 from nanollm.ops.cross_entropy import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
 
 LABEL_STREAM = 26  # in the label generator's seed, apart from the batch, dropout and evaluation streams
+SAMPLE_CHUNK = 1 << 22  # logits sampled at a time (16 MiB of float32 running sums)
 
 
 def label_stream(seed, rank, index):
@@ -43,13 +44,22 @@ def sample_labels(logits, targets, uniforms):
 
     Label j is the first with cdf_j >= u * cdf_V (cdf the running sum of exp(z - max z)), which
     happens with probability p_j; a label of probability 0 is never drawn. Half-precision logits
-    are sampled in float32. Where a target is IGNORE_INDEX the label is too."""
+    are sampled in float32. Rows go SAMPLE_CHUNK values at a time, so the running sums take a
+    few MiB beside the logits, not another copy of them. Where a target is IGNORE_INDEX the
+    label is too."""
     xp = backends.array_module(logits)
     work = np.float64 if logits.dtype == np.float64 else np.float32
-    z = logits.astype(work)
-    cdf = xp.cumsum(xp.exp(z - z.max(axis=-1, keepdims=True)), axis=-1)  # (..., V), unnormalised
-    threshold = xp.asarray(uniforms, dtype=work) * cdf[..., -1]          # (...)
-    labels = (cdf < threshold[..., None]).sum(axis=-1)                   # (...), in [0, V - 1]
+    vocab = logits.shape[-1]
+    rows = logits.reshape(-1, vocab)                                    # (N, V)
+    thresholds = xp.asarray(uniforms, dtype=work).reshape(-1)           # (N,)
+    labels = xp.empty(rows.shape[0], dtype=np.int64)                    # (N,)
+    chunk = max(1, SAMPLE_CHUNK // vocab)
+    for start in range(0, rows.shape[0], chunk):
+        z = rows[start:start + chunk].astype(work)                      # (n, V)
+        cdf = xp.cumsum(xp.exp(z - z.max(axis=1, keepdims=True)), axis=1)  # unnormalised
+        threshold = thresholds[start:start + chunk] * cdf[:, -1]          # (n,)
+        labels[start:start + chunk] = (cdf < threshold[:, None]).sum(axis=1)  # in [0, V - 1]
+    labels = labels.reshape(logits.shape[:-1])
     return xp.where(xp.asarray(targets) == IGNORE_INDEX, IGNORE_INDEX, labels)
 
 

@@ -13,6 +13,7 @@ import pytest
 from nanollm import GPT, CharTokenizer, TransformerLanguageModel, backends, train_with_config
 from nanollm import sophia as sophia_module
 from nanollm import step as step_module
+from nanollm import train as train_module
 from nanollm.config import resolve
 from nanollm.ops.cross_entropy import IGNORE_INDEX
 from nanollm.optim import decays
@@ -399,3 +400,63 @@ def test_bad_sophia_settings_are_one_line_errors(ids_and_tokenizer, change, mess
     with pytest.raises(ValueError, match=message) as error:
         train_with_config(tiny_model(tokenizer.vocab_size), ids, quiet(num_steps=1, **change))
     assert "\n" not in str(error.value)
+
+
+def _poison_backward(call):
+    """A backward hook that puts a NaN into the gradient of the model's ``call``-th backward."""
+    def hook(original_backward):
+        calls = []
+
+        def backward(dlogits=None, dloss=1.0):
+            grads = original_backward(dlogits, dloss)
+            calls.append(1)
+            if len(calls) == call:
+                grads["blocks.0.mlp.fc.bias"][0] = np.nan
+            return grads
+        return backward
+    return hook
+
+
+def test_on_the_gpus_path_sophia_trains_to_the_same_bits_and_a_diverged_run_estimates_nothing(ids_and_vocab,
+                                                                                           monkeypatch):
+    """Nothing in Sophia's update or estimate reads the device: a CPU run that takes the GPU's
+    path (the guard read only at log steps) ends on the same bits. Two micro-batches a step and
+    an estimate after steps 2, 4, ...: backward 7 is step 3's, and a NaN there is only found
+    at step 5 on the GPU's path, after step 4 and its estimate ran: the guard skips that
+    estimate too, so h is the one of step 2 on both paths. A NaN in an estimate's own gradient
+    (backward 5) skips that estimate and nothing else: the run goes on."""
+    from test_device_loop import CFG, GpuPath, _train
+
+    original_init, original_read = train_module.Trainer.__init__, train_module.Trainer.read_guard
+    path, trainers = GpuPath(), []
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.training_step.reads_every_step = not path.on
+        trainers.append(self)
+
+    def read_guard(self, step):
+        path.reads.append(step + 1)
+        return original_read(self, step)
+
+    monkeypatch.setattr(train_module.Trainer, "__init__", init)
+    monkeypatch.setattr(train_module.Trainer, "read_guard", read_guard)
+    ids, vocab = ids_and_vocab
+    cfg = {**CFG, "optimizer": "sophia", "sophia_hessian_interval": 2}
+    runs = {}
+    for on in (True, False):
+        for poison in (None, 7, 5):
+            path.on, path.reads = on, []
+            model, results = _train(ids, vocab, cfg, poison and _poison_backward(poison))
+            runs[on, poison] = (model, results, trainers[-1].training_step.states)
+            if on and poison is None:
+                assert path.reads == [1, 5, 10, 12]
+    assert runs[True, 7][1]["diverged"] and runs[True, 7][1]["steps"] == 2
+    assert not runs[True, 5][1]["diverged"] and runs[True, 5][1]["steps"] == 12
+    for poison in (None, 7, 5):
+        (ours, results, states), (theirs, expected, their_states) = runs[True, poison], runs[False, poison]
+        assert [r["loss"] for r in results["history"]] == [r["loss"] for r in expected["history"]]
+        for name, p in theirs.params.items():
+            np.testing.assert_array_equal(ours.params[name], p, err_msg=name)
+            np.testing.assert_array_equal(states[name]["h"], their_states[name]["h"], err_msg=name)
+        assert all(state["h"].any() and np.isfinite(state["h"]).all() for state in states.values())
