@@ -33,10 +33,10 @@ DEFAULTS = {
     "num_steps": 1000,            # optimizer steps (alias max_steps); ignored when epochs is set
     "epochs": None,               # passes over the data in shuffled windows instead of num_steps
     # ---- optimizer ----
-    "optimizer": "adamw",         # sgd, adam, adamw, lion or muon (Muon on the hidden 2-D weights, AdamW on the rest)
+    "optimizer": "adamw",         # sgd, adam, adamw, lion, muon (Muon on the hidden 2-D weights, AdamW on the rest) or sophia (Sophia-G)
     "learning_rate": 1e-3,        # peak learning rate
-    "betas": (0.9, 0.99),         # Adam/AdamW/Lion moment decay rates (beta1, beta2); muon: of its AdamW part
-    "eps": 1e-8,                  # Adam/AdamW denominator guard
+    "betas": (0.9, 0.99),         # Adam/AdamW/Lion moment decay rates (beta1, beta2); muon: of its AdamW part; sophia: of m and of the Hessian estimate h
+    "eps": 1e-8,                  # Adam/AdamW/Sophia denominator guard
     "momentum": 0.0,              # SGD momentum
     "nesterov": False,            # SGD: Nesterov momentum
     "muon_learning_rate": 0.02,   # muon: peak learning rate of the Muon matrices (the schedule scales it with learning_rate)
@@ -96,6 +96,11 @@ DEFAULTS = {
     "rl_normalisation": "token",  # grpo/ppo: loss mean over every response token (token, DAPO) or per response first (sequence)
     "rl_scale_rewards": True,     # grpo: divide each group's centred rewards by their std (False: R - mean alone)
     "dpo_beta": 0.1,              # dpo: strength of the implicit KL to the reference in -log sigmoid(beta margin)
+    "ppo_gamma": 1.0,             # ppo: discount of later rewards in GAE
+    "ppo_lam": 0.95,              # ppo: GAE's lambda (0: one-step TD advantages, 1: Monte Carlo returns minus V)
+    "ppo_value_clip": 0.2,        # ppo: the value head's new estimate stays within this of its sampling-time one
+    "ppo_value_coef": 0.1,        # ppo: weight of the value loss in the total loss
+    "ppo_entropy_coef": 0.0,      # ppo: weight of the entropy bonus (subtracted: > 0 keeps sampling diverse)
     # ---- numerics and reproducibility ----
     "dtype": None,                # float32, float64, or float16 / bfloat16 compute with float32 master weights (None: the model's)
     "backend": None,              # numpy, numba, cython, auto (CPU) or cupy (GPU) (None: the current one, auto by default)
@@ -125,7 +130,7 @@ UNIT_INTERVAL = ("lora_dropout", "val_fraction", "muon_momentum", "rl_clip_low")
 NON_NEGATIVE = ("weight_decay", "max_grad_norm", "warmup_steps", "decay_steps", "min_learning_rate", "momentum",
                 "eval_interval", "checkpoint_interval", "lora_rank", "keep_last_n", "log_interval", "sample_interval",
                 "min_delta", "seed", "gamma", "power", "param_check_interval", "rl_temperature", "rl_beta",
-                "rl_clip_high")
+                "rl_clip_high", "ppo_gamma", "ppo_lam", "ppo_value_clip", "ppo_value_coef", "ppo_entropy_coef")
 
 PRESETS = {
     # nano-llm's scaling guide: embedding / layers / ffn, each with a recipe for the embedded corpus

@@ -23,8 +23,9 @@ DTYPE_BYTES = {"float32": 4, "float64": 8}
 # Arrays the optimizer keeps per parameter element (nanollm.optim): Adam and AdamW keep m and v,
 # Lion keeps m, SGD keeps a momentum buffer only when momentum > 0 (created at the first step),
 # Muon a momentum buffer on the matrices it updates (AdamW's m and v on the other parameters).
+# Sophia keeps m and h, plus one more gradient-sized buffer for its sampled-label gradient.
 OPTIMIZER_STATE = {"adam": ("m", "v"), "adamw": ("m", "v"), "lion": ("m",), "sgd": ("momentum_buffer",),
-                   "muon": ("momentum_buffer",)}
+                   "muon": ("momentum_buffer",), "sophia": ("m", "h")}
 
 
 def _complete(model_config):

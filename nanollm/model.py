@@ -54,6 +54,7 @@ LLAMA_BLOCK_PARAMS = (
 )
 # Layers that write into the residual stream: init std scaled by 1/sqrt(2 L) (GPT-2).
 RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.proj.weight", "mlp.down.weight")
+VALUE_HEAD = "value_head."  # PPO's critic: value_head.weight (C, 1), value_head.bias (1,)
 NORM_NAMES = {"gpt2": ("ln1", "ln2", "ln_f"), "llama": ("norm1", "norm2", "norm_f")}  # layernorm / RMSNorm
 NORM_GAINS = tuple(f"{prefix}.weight" for names in NORM_NAMES.values() for prefix in names)
 
@@ -106,7 +107,9 @@ class TransformerLanguageModel:
         self.lora = self.config["lora"]
         self.block_params = block_params(self.architecture) + tuple(adapter_shapes(self.config))
         self.adapters = adapter_layout(self.config)  # {matrix suffix: [(part, columns, A shape, B shape)]}
-        self.trainable = [name for name in self.params if is_adapter(name) or self.lora is None]
+        # with LoRA the adapters train and the base weights stay frozen; a value head always trains
+        self.trainable = [name for name in self.params
+                          if is_adapter(name) or name.startswith(VALUE_HEAD) or self.lora is None]
 
     # ----------------------------------------------------------------------------- parameters
 
@@ -131,6 +134,32 @@ class TransformerLanguageModel:
                 value = rng.normal(0.0, std, size=shape)
             params[name] = value.astype(self.dtype)
         return params
+
+    # ----------------------------------------------------------------------------- value head
+
+    def add_value_head(self, seed=0):
+        """Attach PPO's critic: values (B, T) = final hidden state (B, T, C) @ value_head.weight
+        (C, 1) + value_head.bias, computed by every forward from then on (``self.values``) and
+        trained through ``backward(dvalues=...)``; it stays trainable under LoRA."""
+        if self.value_head:
+            raise ValueError("the model has a value head already")
+        self.config = ModelConfig.from_dict({**self.config, "value_head": True}).to_dict()
+        self.value_head = True
+        xp = backends.array_module(self.params["wte"])
+        rng = np.random.default_rng([seed, 3])
+        self.params[VALUE_HEAD + "weight"] = xp.asarray(rng.normal(0.0, INIT_STD, size=(self.embedding_dim, 1)),
+                                                        dtype=self.dtype)
+        self.params[VALUE_HEAD + "bias"] = xp.zeros(1, dtype=self.dtype)
+        self._update_layout()
+        return self
+
+    def drop_value_head(self):
+        """The policy alone again (what export writes): the critic's weights are dropped."""
+        self.params = {name: p for name, p in self.params.items() if not name.startswith(VALUE_HEAD)}
+        self.config = ModelConfig.from_dict({**self.config, "value_head": False}).to_dict()
+        self.value_head = False
+        self._update_layout()
+        return self
 
     # ----------------------------------------------------------------------------- LoRA
 
@@ -282,13 +311,17 @@ class TransformerLanguageModel:
             block_caches.append(cache)
         x, norm_f_cache = self._norm_forward(x, p, self.norm_names[2])
         logits, head_cache = linear_forward(x, self._output_weight())  # (B, T, V)
+        value_cache = None
+        if self.value_head:  # PPO's critic on the same hidden state: values (B, T)
+            values, value_cache = linear_forward(x, p[VALUE_HEAD + "weight"], p[VALUE_HEAD + "bias"])
+            self.values = values[..., 0]
 
         loss, loss_cache = None, None
         if targets is not None:
             loss, loss_cache = cross_entropy_forward(logits, targets, IGNORE_INDEX)
         if kv_cache is None:
             self._cache = (tok_cache, pos_cache, add_cache, drop_cache, block_caches,
-                           norm_f_cache, head_cache, loss_cache)
+                           norm_f_cache, head_cache, loss_cache, value_cache)
         else:
             kv_cache.length += idx.shape[1]
         return logits, loss
@@ -361,15 +394,17 @@ class TransformerLanguageModel:
 
     # ----------------------------------------------------------------------------- backward
 
-    def backward(self, dlogits=None, dloss=1.0):
+    def backward(self, dlogits=None, dloss=1.0, dvalues=None):
         """Gradients of dloss * the loss (or of sum(logits * dlogits) when dlogits (B, T, V) is
         given) with respect to every trainable parameter: a dict with the keys of ``trainable``
         (all of ``params``; with LoRA adapters, those alone, and the frozen weights' gradients
-        are never computed). dloss: 1, or float16's loss scale (a 0-d array on the device)."""
+        are never computed). dloss: 1, or float16's loss scale (a 0-d array on the device).
+        dvalues (B, T): with a value head, the gradient of the loss with respect to its values
+        (None: the head gets zero gradients)."""
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() first (one without a kv_cache)")
         (tok_cache, pos_cache, add_cache, drop_cache, block_caches,
-         norm_f_cache, head_cache, loss_cache) = self._cache
+         norm_f_cache, head_cache, loss_cache, value_cache) = self._cache
         if dlogits is None:
             if loss_cache is None:
                 raise RuntimeError("backward() without dlogits needs forward(idx, targets) with targets")
@@ -378,6 +413,13 @@ class TransformerLanguageModel:
 
         frozen = self.lora is not None
         dx, dhead, _ = linear_backward(dlogits, head_cache, weight_grads=not frozen)  # dhead: (C, V)
+        if self.value_head:
+            xp = backends.array_module(dx)
+            if dvalues is None:
+                dvalues = xp.zeros(dx.shape[:-1], dtype=dx.dtype)
+            dx_value, grads[VALUE_HEAD + "weight"], grads[VALUE_HEAD + "bias"] = linear_backward(
+                xp.asarray(dvalues, dtype=dx.dtype)[..., None], value_cache)
+            dx = dx + dx_value
         dx = self._norm_backward(dx, norm_f_cache, grads, self.norm_names[2])
         for layer in reversed(range(self.num_layers)):
             dx, block_grads = self._block_backward(dx, block_caches[layer])

@@ -50,6 +50,7 @@ class ModelConfig:
     norm_eps: float = NORM_EPS       # epsilon under the square root of layernorm / RMSNorm (GPT-2, Llama 2: 1e-5)
     dtype: str = "float32"           # the parameters' dtype: float32 or float64
     lora: dict = None                # LoRA adapters {rank, alpha, dropout, targets} (see nanollm.lora), or None
+    value_head: bool = False         # a linear value estimate on the final hidden state (PPO's critic), trained with the policy
 
     def __post_init__(self):
         if self.vocab_size is None:
@@ -63,7 +64,8 @@ class ModelConfig:
             num_heads=int(self.num_heads),
             num_kv_heads=int(self.num_heads if self.num_kv_heads is None else self.num_kv_heads),
             max_seq_len=int(self.max_seq_len), dropout=float(self.dropout), tie_embeddings=bool(self.tie_embeddings),
-            rope_base=float(self.rope_base), norm_eps=float(self.norm_eps), dtype=str(self.dtype), lora=check_lora_config(self.lora))
+            rope_base=float(self.rope_base), norm_eps=float(self.norm_eps), dtype=str(self.dtype),
+            lora=check_lora_config(self.lora), value_head=bool(self.value_head))
         for key, value in normalised.items():  # frozen: completed once, here
             object.__setattr__(self, key, value)
         check_head_counts(self.embedding_dim, self.num_heads, self.num_kv_heads)
@@ -131,6 +133,8 @@ class ModelConfig:
         shapes.update(final)
         if not self.tie_embeddings:
             shapes["lm_head.weight"] = (c, v)
+        if self.value_head:
+            shapes.update({"value_head.weight": (c, 1), "value_head.bias": (1,)})
         return shapes
 
     def flops_per_token(self, seq_len=None, training=True):
@@ -152,10 +156,11 @@ class ModelConfig:
 KEYS = tuple(field.name for field in dataclasses.fields(ModelConfig))
 # What a checkpoint fixes: the settings that decide the parameter shapes (not dropout, dtype or lora).
 SHAPE_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
-              "max_seq_len", "architecture", "tie_embeddings", "rope_base", "norm_eps")
+              "max_seq_len", "architecture", "tie_embeddings", "rope_base", "norm_eps", "value_head")
 # The model keys a training config may set (None there: the model's value). dtype is a training
-# key of its own (it may ask for half-precision compute) and lora comes from the lora_* keys.
-TRAINING_KEYS = tuple(key for key in KEYS if key not in ("dtype", "lora"))
+# key of its own (it may ask for half-precision compute), lora comes from the lora_* keys and the
+# value head from PPO (nanollm.posttrain.ppo), which adds it.
+TRAINING_KEYS = tuple(key for key in KEYS if key not in ("dtype", "lora", "value_head"))
 TYPES = {field.name: field.type for field in dataclasses.fields(ModelConfig) if field.name in TRAINING_KEYS}
 CHOICES = {"architecture": ARCHITECTURES, "dtype": DTYPES}
 
@@ -185,9 +190,9 @@ def check_value(key, value):
     elif key == "norm_eps":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
             raise ValueError(f"norm_eps must be a number in (0, 1) (GPT-2 and Llama 2 use 1e-5), got {value!r}")
-    elif key == "tie_embeddings":
+    elif key in ("tie_embeddings", "value_head"):
         if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"tie_embeddings must be true or false, got {value!r}")
+            raise ValueError(f"{key} must be true or false, got {value!r}")
     elif key in CHOICES and str(value) not in CHOICES[key]:
         raise ValueError(f"{key}={value!r} is not supported; choose one of {', '.join(CHOICES[key])}")
 

@@ -52,7 +52,7 @@ def test_presets_follow_the_scaling_guide_and_nanogpt():
     ({"learning_rate": "fast"}, "learning_rate must be a number, got 'fast'"),
     ({"betas": [0.9]}, "betas must be a pair of numbers, got [0.9]"),
     ({"betas": [0.9, 1.0]}, "betas must both be in [0, 1)"),
-    ({"optimizer": "adamm"}, "optimizer='adamm' is not one of sgd, adam, adamw, lion, muon; did you mean 'adam'?"),
+    ({"optimizer": "adamm"}, "optimizer='adamm' is not one of sgd, adam, adamw, lion, muon, sophia; did you mean 'adam'?"),
     ({"lr_schedule": "cosin"}, "did you mean 'cosine'?"),
     ({"learning_rate": 0}, "learning_rate must be > 0, got 0"),
     ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),

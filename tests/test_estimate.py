@@ -112,7 +112,7 @@ def test_partial_configs_take_the_model_defaults_and_its_validation():
 
 
 @pytest.mark.parametrize("optimizer, momentum", [("adam", 0.0), ("adamw", 0.0), ("lion", 0.0), ("sgd", 0.0),
-                                                 ("sgd", 0.9)])
+                                                 ("sgd", 0.9), ("sophia", 0.0)])
 def test_optimizer_state_counts_what_optim_keeps(optimizer, momentum):
     param = np.ones((3, 4), dtype=np.float32)
     state = optim.OPTIMIZERS[optimizer].init(param)

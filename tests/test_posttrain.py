@@ -162,3 +162,61 @@ def test_nanollm_rl_warms_up_post_trains_and_reports_before_and_after(tmp_path):
     again = nanollm("rl", "--algorithm", "grpo", "--task", "capitalise", "--init-from", "dpo/warmup", "--out", "grpo",
                     *quick, check=False)
     assert again.returncode != 0 and "holds an earlier rl run" in again.stderr and len(again.stderr.splitlines()) == 1
+
+
+def test_value_head_gradients_check_through_the_whole_model():
+    """d/dW of sum(values * weights) + sum(logits * other weights), float64, against central
+    differences: the head's own weights and a trunk weight the values reach through."""
+    from nanollm.gradcheck import check_gradients
+
+    model = TransformerLanguageModel(TOKENIZER.vocab_size, embedding_dim=8, num_layers=1, num_heads=2,
+                                     max_seq_len=8, dtype="float64", seed=0).add_value_head(seed=1)
+    assert model.trainable[-2:] == ["value_head.weight", "value_head.bias"]
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, TOKENIZER.vocab_size, size=(2, 5))
+    value_weights = rng.standard_normal((2, 5))
+    logit_weights = rng.standard_normal((2, 5, TOKENIZER.vocab_size))
+
+    def loss():
+        logits, _ = model.forward(idx)
+        return float((model.values * value_weights).sum() + (logits * logit_weights).sum())
+
+    loss()
+    grads = model.backward(dlogits=logit_weights, dvalues=value_weights)
+    names = ["value_head.weight", "value_head.bias", "ln_f.weight", "blocks.0.mlp.fc.weight"]
+    errors = check_gradients(loss, {n: model.params[n] for n in names}, {n: grads[n] for n in names})
+    assert max(errors.values()) < 1e-6, errors
+    model.forward(idx)
+    assert not model.backward(dlogits=logit_weights)["value_head.weight"].any()  # no dvalues: no gradient
+
+
+def test_ppo_raises_the_reward_resumes_bit_exactly_and_exports_the_policy_alone(tmp_path):
+    from nanollm.posttrain.ppo import train_ppo
+
+    settings = {**QUICK, "ppo_value_coef": 0.5, "ppo_entropy_coef": 0.01}
+    model = tiny()
+    results = train_ppo(model, PROMPTS, share_of_a, {**settings, "num_steps": 25, "checkpoint_dir": str(tmp_path / "a")},
+                        tokenizer=TOKENIZER)
+    history = results["history"]
+    assert history[-1]["reward_mean"] > history[0]["reward_mean"] + 0.3, [h["reward_mean"] for h in history]
+    assert {"value_loss", "value_mean", "entropy", "kl", "clip_fraction"} <= set(history[-1])
+    assert model.value_head and load_checkpoint(tmp_path / "a" / "checkpoint_final.npz")["model"].value_head
+
+    straight, resumed = tiny(), tiny()
+    train_ppo(straight, PROMPTS, share_of_a, {**settings, "num_steps": 4, "checkpoint_dir": str(tmp_path / "b")},
+              tokenizer=TOKENIZER)
+    train_ppo(resumed, PROMPTS, share_of_a, {**settings, "num_steps": 2, "checkpoint_dir": str(tmp_path / "c")},
+              tokenizer=TOKENIZER)
+    train_ppo(tiny(), PROMPTS, share_of_a, {**settings, "num_steps": 4, "checkpoint_dir": str(tmp_path / "c"),
+                                            "resume_from": str(tmp_path / "c" / "checkpoint_final.npz")},
+              tokenizer=TOKENIZER)
+    final = load_checkpoint(tmp_path / "c" / "checkpoint_final.npz")["model"]
+    for name, value in straight.params.items():
+        assert np.array_equal(final.params[name], value), name
+
+    pytest.importorskip("gguf", reason="the export check needs gguf")
+    from nanollm.interop import export_gguf, import_gguf
+
+    export_gguf(tmp_path / "a" / "checkpoint_final.npz", tmp_path / "policy.gguf")
+    policy = load_checkpoint(import_gguf(tmp_path / "policy.gguf", tmp_path / "policy.npz"))["model"]
+    assert not policy.value_head and "value_head.weight" not in policy.params

@@ -8,7 +8,7 @@
     tokenizer_files.py  tiktoken ranks, vocab.json + merges.txt, tokenizer.json in and out (read_tokenizer)
 """
 
-from nanollm.interop.files import MissingPackageError
+from nanollm.optional import MissingPackageError
 from nanollm.interop.gguf_files import export_gguf, import_gguf
 from nanollm.interop.hf import export_hf, export_hf_gpt2, import_hf, import_hf_gpt2
 from nanollm.interop.hf_gpt2 import check_gpt2_compatible, from_hf_gpt2, hf_gpt2_config, model_config_from_hf, to_hf_gpt2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanollm.optional import MissingPackageError, require  # noqa: F401 (MissingPackageError: re-exported)
+from nanollm.optional import require
 from nanollm.textfiles import write_atomically
 
 WEIGHTS_FILE = "model.safetensors"

@@ -72,7 +72,13 @@ def read_checkpoint_params(checkpoint_path):
     if model_config.get("lora") is not None or metadata.get("base_model_config") is not None:
         raise ValueError(f"{checkpoint_path} holds LoRA adapters; merge them into the weights first "
                          "(nanollm merge RUN OUT.npz) and export the merged checkpoint")
-    return metadata, {key[len("params/"):]: value for key, value in arrays.items()}
+    params = {key[len("params/"):]: value for key, value in arrays.items()}
+    if model_config.get("value_head"):  # PPO's critic: not part of the policy that leaves
+        print(f"note: {checkpoint_path} has a value head (PPO's critic); the policy is exported without it",
+              file=sys.stderr)
+        params = {name: value for name, value in params.items() if not name.startswith("value_head.")}
+        metadata["model_config"] = {**model_config, "value_head": False}
+    return metadata, params
 
 
 def write_tokenizer_files(tokenizer_dict, out_dir, overwrite):

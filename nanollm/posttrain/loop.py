@@ -47,6 +47,9 @@ class PolicyLoop:
     def __init__(self, model, cfg=None, *, tokenizer=None, needs_reference=None):
         """needs_reference: keep the frozen starting weights (None: when rl_beta != 0, the KL term)."""
         cfg = resolve(cfg or {})
+        if cfg["optimizer"] == "sophia":
+            raise ValueError("optimizer='sophia' estimates its Hessian from labels sampled for the language-model "
+                             "loss, which post-training's objectives do not have; use optimizer=adamw for GRPO/PPO/DPO")
         self.model, self.tokenizer = model, tokenizer
         apply_config_to_model(model, cfg)
         if cfg["init_from"] is not None and cfg["resume_from"] is None:
