@@ -525,14 +525,14 @@ def build_parser():
     imp.set_defaults(parser=imp, handler=cmd_import)
 
     rl = commands.add_parser(
-        "rl", usage="nanollm rl --algorithm grpo|dpo --task TASK [--init-from RUN] --out DIR [--key=value ...]",
-        help="post-train on a verifiable task (GRPO or DPO) and measure held-out accuracy before and after",
+        "rl", usage="nanollm rl --algorithm grpo|ppo|dpo --task TASK [--init-from RUN] --out DIR [--key=value ...]",
+        help="post-train on a verifiable task (GRPO, PPO or DPO) and measure held-out accuracy before and after",
         description="Post-train a chat model on one of the embedded verifiable tasks and write rl_results.json "
                     "(held-out exact match before and after, steps, time, config). Without --init-from, a "
                     "supervised warm-up of the small preset on the task's examples comes first: rewards can "
                     "only sharpen what a model already does sometimes.")
-    rl.add_argument("--algorithm", required=True, choices=("grpo", "dpo"), help="grpo (sampled groups) or dpo "
-                                                                                 "(preference pairs)")
+    rl.add_argument("--algorithm", required=True, choices=("grpo", "ppo", "dpo"),
+                    help="grpo (sampled groups), ppo (a value head) or dpo (preference pairs)")
     rl.add_argument("--task", required=True, choices=("addition", "reverse", "count_letters", "capitalise"),
                     help="the verifiable task (nanollm.posttrain.tasks)")
     rl.add_argument("--init-from", default=None, help="the chat model to start from (checkpoint or run folder)")

@@ -10,8 +10,9 @@
    first.
 2. The held-out exact-match reward (greedy decoding, prompts no training prompt shares) of the
    start: reward_before.
-3. The algorithm: grpo (sampled groups, the task's reward), dpo (the task's preference pairs:
-   the right answer against a corrupted one) in OUT, with OUT/checkpoint_final.npz at the end.
+3. The algorithm: grpo (sampled groups, the task's reward), ppo (the same samples, advantages
+   from a value head), dpo (the task's preference pairs: the right answer against a corrupted
+   one) in OUT, with OUT/checkpoint_final.npz at the end.
 4. The same held-out reward after: reward_after; OUT/rl_results.json holds both, the steps, the
    time and the config.
 """
@@ -27,13 +28,20 @@ from nanollm.config import resolve
 from nanollm.instruct import END_OF_TEXT, chat_prompt
 from nanollm.posttrain.dpo import train_dpo
 from nanollm.posttrain.grpo import train_grpo
+from nanollm.posttrain.ppo import train_ppo
 from nanollm.posttrain.rollouts import sample_group
 from nanollm.posttrain.tasks import get_task, heldout_accuracy, preference_pairs, reward_fn, supervised_examples
 from nanollm.textfiles import write_json_atomically
 
-ALGORITHMS = ("grpo", "dpo")
+ALGORITHMS = ("grpo", "ppo", "dpo")
 SFT_STEPS = 1500        # the warm-up's steps of the small preset when there is no init_from
 HELDOUT_PROMPTS = 200   # held-out prompts scored before and after
+# What `nanollm rl` trains with unless told otherwise. A policy gradient is mostly noise (most
+# groups agree and teach nothing), and AdamW scales any gradient to steps of about the learning
+# rate, so the supervised default (1e-3) walks a good policy away: measured on addition from an
+# 83% warm-up, 3e-4 fell to 14.5% within 300 GRPO steps, 1e-5 rose to 91%.
+RL_DEFAULTS = {"learning_rate": 1e-5, "lr_schedule": "constant", "warmup_steps": 0,
+               "weight_decay": 0.0, "num_steps": 500, "eval_interval": 100, "log_interval": 10}
 TRAIN_PROMPTS = 2000    # the task's training prompts (GRPO) or preference pairs (DPO)
 
 
@@ -71,11 +79,10 @@ def run_rl(algorithm, task, out, init_from=None, overrides=(), sft_steps=SFT_STE
            echo=print):
     """Steps 1-4 of the module docstring; returns the rl_results.json dict."""
     if algorithm not in ALGORITHMS:
-        raise ValueError(f"--algorithm {algorithm!r} is not available; choose {' or '.join(ALGORITHMS)} (PPO is "
-                         "not built yet)")
+        raise ValueError(f"--algorithm {algorithm!r} is not available; choose one of {', '.join(ALGORITHMS)}")
     task = get_task(task)
     out = Path(out)
-    cfg = resolve(*overrides, {"checkpoint_dir": str(out)})
+    cfg = resolve(RL_DEFAULTS, *overrides, {"checkpoint_dir": str(out)})
     if (out / "rl_results.json").exists() and not cfg["overwrite"]:
         raise FileExistsError(f"{out} holds an earlier rl run (rl_results.json); choose another --out or pass "
                               "--overwrite=true")
@@ -96,9 +103,10 @@ def run_rl(algorithm, task, out, init_from=None, overrides=(), sft_steps=SFT_STE
 
     tick = time.perf_counter()
     settings = {**cfg, "resume_from": None}
-    if algorithm == "grpo":
+    if algorithm in ("grpo", "ppo"):
         prompts = [chat_prompt(user) for user, _ in task.prompts("train", TRAIN_PROMPTS, seed=cfg["seed"])]
-        results = train_grpo(model, prompts, reward_fn(task), settings, tokenizer=tokenizer, evaluate=evaluate)
+        trainer = train_grpo if algorithm == "grpo" else train_ppo
+        results = trainer(model, prompts, reward_fn(task), settings, tokenizer=tokenizer, evaluate=evaluate)
     else:
         pairs = preference_pairs(task, TRAIN_PROMPTS, seed=cfg["seed"])
         results = train_dpo(model, pairs, settings, tokenizer=tokenizer, evaluate=evaluate)
