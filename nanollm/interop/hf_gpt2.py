@@ -157,7 +157,7 @@ def model_config_from_hf(hf_config):
                 ffn_hidden_dim=int(4 * h["n_embd"] if n_inner is None else n_inner),
                 num_heads=int(h["n_head"]), num_kv_heads=int(h["n_head"]), max_seq_len=int(h["n_positions"]),
                 dropout=float(h["resid_pdrop"]), architecture="gpt2", tie_embeddings=True, rope_base=ROPE_BASE,
-                norm_eps=float(h["layer_norm_epsilon"]), dtype=DTYPES[dtype], lora=None)
+                norm_eps=float(h["layer_norm_epsilon"]), dtype=DTYPES[dtype], lora=None, value_head=False)
 
 
 # --------------------------------------------------------------------------------- names
