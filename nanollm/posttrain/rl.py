@@ -102,7 +102,7 @@ def run_rl(algorithm, task, out, init_from=None, overrides=(), sft_steps=SFT_STE
                                                    min(heldout, 50), seed=cfg["seed"])[0]}
 
     tick = time.perf_counter()
-    settings = {**cfg, "resume_from": None}
+    settings = cfg  # --resume_from=OUT/checkpoint_step_N.npz continues an interrupted run (the trainer resumes it)
     if algorithm in ("grpo", "ppo"):
         prompts = [chat_prompt(user) for user, _ in task.prompts("train", TRAIN_PROMPTS, seed=cfg["seed"])]
         trainer = train_grpo if algorithm == "grpo" else train_ppo
