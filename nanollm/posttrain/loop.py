@@ -122,10 +122,12 @@ class PolicyLoop:
                 state.step, state.loss, state.grad_norm = at, float(loss), float(grad_norm)
                 progress.step(state.loss)
                 last = at == cfg["num_steps"]
-                if last or at == 1 or (cfg["log_interval"] and at % cfg["log_interval"] == 0):
+                logging = last or at == 1 or (cfg["log_interval"] and at % cfg["log_interval"] == 0)
+                evaluating = evaluate is not None and (last or (cfg["eval_interval"] and at % cfg["eval_interval"] == 0))
+                if logging or evaluating:
                     record = {"step": at, "loss": state.loss, "lr": lr, "grad_norm": state.grad_norm, **stats,
                               **self._mean_loss_stats(), "elapsed": time.perf_counter() - start}
-                    if evaluate is not None and (last or (cfg["eval_interval"] and at % cfg["eval_interval"] == 0)):
+                    if evaluating:
                         record.update(evaluate(self.model))
                     metrics.write(record)
                     progress.print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
