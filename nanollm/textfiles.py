@@ -58,6 +58,21 @@ def read_text_file(path):
     return _decode(data[bom:], path, base_offset=bom)
 
 
+def read_json_lines(path):
+    """[(line number, value)] of a JSON Lines file's non-empty lines; a line that is not JSON is a
+    ValueError naming the file and the line."""
+    records = []
+    for number, line in enumerate(read_text_file(path).splitlines(), 1):
+        if line.strip():
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} line {number}: not JSON ({exc.msg})") from None
+    if not records:
+        raise ValueError(f"{path} holds no records")
+    return records
+
+
 def iter_text_chunks(path, chunk_bytes=CHUNK_BYTES):
     """Yield the text of ``path`` in pieces of about ``chunk_bytes`` that end at a line end
     (the last one wherever the file ends), checked as read_text_file checks the whole."""

@@ -38,3 +38,22 @@ def ids_and_vocab():
         text = f.read()[:20_000]
     tokenizer = CharTokenizer().build_vocab(text)
     return np.array(tokenizer.encode(text), dtype=np.int64), tokenizer.vocab_size
+
+
+@pytest.fixture
+def crash_at_step(monkeypatch):
+    """crash_at_step(n): make 1-based training step n raise before it updates anything, as a
+    killed process would (resume tests); the test's monkeypatch.undo() ends it."""
+    from nanollm.step import TrainingStep
+
+    original = TrainingStep.__call__
+
+    def crash(crash_step):
+        def step(self, index, batches, lr):
+            if index + 1 == crash_step:
+                raise KeyboardInterrupt(f"killed at step {crash_step}")
+            return original(self, index, batches, lr)
+
+        monkeypatch.setattr(TrainingStep, "__call__", step)
+
+    return crash

@@ -230,24 +230,12 @@ def test_the_hessian_is_estimated_every_interval_steps_only(ids_and_tokenizer, m
     assert estimated_after == [3, 6, 9]
 
 
-def _crash_at_step(monkeypatch, crash_step):
-    """Make 1-based step ``crash_step`` raise before it updates anything, as a killed process would."""
-    original = TrainingStep.__call__
-
-    def step(self, index, batches, lr):
-        if index + 1 == crash_step:
-            raise KeyboardInterrupt(f"killed at step {crash_step}")
-        return original(self, index, batches, lr)
-
-    monkeypatch.setattr(TrainingStep, "__call__", step)
-
-
 @pytest.mark.parametrize("mode", [
     {},
     {"grad_accum_steps": 2, "lora_rank": 2, "lora_targets": ["q", "v", "mlp"]},  # adapters' state only
 ])
 def test_an_interrupted_and_resumed_sophia_run_ends_bit_for_bit_where_an_uninterrupted_one_does(
-        ids_and_tokenizer, tmp_path, monkeypatch, mode):
+        ids_and_tokenizer, tmp_path, monkeypatch, crash_at_step, mode):
     """Hessian estimates after steps 3, 6, 9, 12; the checkpoint at step 4 (not a multiple of
     3) holds m and h; the run restarts from it at step 5 and its labels are drawn as the
     uninterrupted run's were. Dropout is on, so the estimate's forward draws masks too."""
@@ -258,7 +246,7 @@ def test_an_interrupted_and_resumed_sophia_run_ends_bit_for_bit_where_an_uninter
     straight = tiny_model(tokenizer.vocab_size, seed=1)
     expected = train_with_config(straight, data, {**cfg, "checkpoint_dir": str(tmp_path / "straight")})
 
-    _crash_at_step(monkeypatch, 7)
+    crash_at_step(7)
     with pytest.raises(KeyboardInterrupt):
         train_with_config(tiny_model(tokenizer.vocab_size, seed=1), data,
                           {**cfg, "checkpoint_dir": str(tmp_path / "crashed")}, tokenizer=tokenizer)

@@ -126,25 +126,13 @@ def test_weight_decay_reaches_only_the_chosen_parameters_in_training(ids, text_a
                          "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"}
 
 
-def _crash_at_step(monkeypatch, crash_step):
-    """Make 1-based step ``crash_step`` raise before it updates anything, as a killed process would."""
-    original = TrainingStep.__call__
-
-    def step(self, index, batches, lr):
-        if index + 1 == crash_step:
-            raise KeyboardInterrupt(f"killed at step {crash_step}")
-        return original(self, index, batches, lr)
-
-    monkeypatch.setattr(TrainingStep, "__call__", step)
-
-
 @pytest.mark.parametrize("mode", [
     {}, {"epochs": 2},
     {"optimizer": "muon"},  # muon: buffers and AdamW's m, v
     {"lora_rank": 2, "lora_dropout": 0.1, "lora_targets": ["q", "v", "mlp"]},  # frozen base, adapters' state
 ])
 def test_an_interrupted_and_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(
-        ids, text_and_tokenizer, tmp_path, monkeypatch, mode):
+        ids, text_and_tokenizer, tmp_path, monkeypatch, crash_at_step, mode):
     text, tokenizer = text_and_tokenizer
     data = ids[:700]  # epochs: 630 training tokens, 39 windows, 9 steps an epoch
     cfg = quiet(num_steps=12, checkpoint_interval=4, eval_interval=4, lr_schedule="cosine", warmup_steps=2,
@@ -153,7 +141,7 @@ def test_an_interrupted_and_resumed_run_ends_bit_for_bit_where_an_uninterrupted_
     straight = tiny_model(tokenizer.vocab_size, seed=1)
     expected = train_with_config(straight, data, {**cfg, "checkpoint_dir": str(tmp_path / "straight")})
 
-    _crash_at_step(monkeypatch, 7)
+    crash_at_step(7)
     with pytest.raises(KeyboardInterrupt):
         train_with_config(tiny_model(tokenizer.vocab_size, seed=1), data,
                           {**cfg, "checkpoint_dir": str(tmp_path / "crashed")}, tokenizer=tokenizer)

@@ -10,8 +10,6 @@ minimises ops/dpo.py's -log sigmoid(dpo_beta ((lp_c - ref_c) - (lp_r - ref_r))),
 summed token log-probabilities.
 """
 
-import json
-
 import numpy as np
 
 from nanollm import backends
@@ -19,25 +17,17 @@ from nanollm.ops.dpo import dpo_loss_backward, dpo_loss_forward
 from nanollm.ops.logprobs import token_logprobs_backward, token_logprobs_forward
 from nanollm.posttrain.loop import PolicyLoop
 from nanollm.posttrain.rollouts import Rows, response_logprobs
-from nanollm.textfiles import read_text_file
+from nanollm.textfiles import read_json_lines
 
 
 def read_pairs(path):
     """DPO pairs from JSON Lines, one {"prompt", "chosen", "rejected"} (strings) per line."""
     pairs = []
-    for number, line in enumerate(read_text_file(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {number}: not JSON ({exc.msg})") from None
+    for number, record in read_json_lines(path):
         if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "chosen",
                                                                                              "rejected")):
             raise ValueError(f"{path} line {number}: a pair is {{\"prompt\": str, \"chosen\": str, \"rejected\": str}}")
         pairs.append(record)
-    if not pairs:
-        raise ValueError(f"{path} holds no pairs")
     return pairs
 
 

@@ -15,8 +15,6 @@ Offline, the groups are given: {"prompt": str, "responses": [str, ...], "rewards
 per line of a JSON Lines file (read_groups); the old policy is the model at each step's start.
 """
 
-import json
-
 import numpy as np
 
 from nanollm import backends
@@ -24,7 +22,7 @@ from nanollm.ops.logprobs import entropy_forward, token_logprobs_backward, token
 from nanollm.ops.policy_loss import clipped_policy_loss_backward, clipped_policy_loss_forward, group_advantages
 from nanollm.posttrain.loop import PolicyLoop
 from nanollm.posttrain.rollouts import Rows, response_logprobs, sample_group
-from nanollm.textfiles import read_text_file
+from nanollm.textfiles import read_json_lines
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -82,28 +80,34 @@ def train_grpo(model, prompts, reward_fn, cfg=None, *, tokenizer, evaluate=None)
     loop = PolicyLoop(model, cfg, tokenizer=tokenizer)
     cfg = loop.cfg
     encoded = [_encode_prompt(tokenizer, p) for p in prompts]
-    stop_id = tokenizer.special_tokens.get(END_OF_TEXT)
 
     def make_rows(step, rng):
-        chosen = rng.choice(len(prompts), size=min(cfg["rl_prompts_per_step"], len(prompts)), replace=False)
-        sequences, prompt_lengths, lengths, rewards = [], [], [], []
-        for index in chosen:
-            group, group_lengths = sample_group(model, encoded[index], cfg["rl_group_size"], cfg["rl_max_new_tokens"],
-                                                rng, cfg["rl_temperature"], cfg["rl_top_k"], stop_id)
-            start = len(encoded[index])
-            rewards.append([float(reward_fn(prompts[index], tokenizer.decode(row[start:start + n])))
-                            for row, n in zip(group, group_lengths)])
-            sequences.extend(group)
-            prompt_lengths += [start] * len(group)
-            lengths.extend(group_lengths)
-        rows = Rows.of(_pad(sequences), prompt_lengths, lengths)
-        rewards = np.asarray(rewards)  # (prompts, group)
+        rows, rewards, lengths = sample_scored_groups(loop, prompts, encoded, reward_fn, rng)  # rewards (prompts, group)
         advantages = group_advantages(rewards, scale=cfg["rl_scale_rewards"]).reshape(-1)
         stats = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
                  "response_length": float(np.mean(lengths))}
         return attach_logprobs(loop, rows, advantages), stats
 
     return loop.run(make_rows, policy_loss_and_backward(loop), per=_counting(cfg), evaluate=evaluate)
+
+
+def sample_scored_groups(loop, prompts, encoded, reward_fn, rng):
+    """rl_prompts_per_step prompts drawn with ``rng``, rl_group_size responses sampled to each
+    and scored: (rows, rewards (prompts, group), response lengths). What GRPO and PPO share."""
+    cfg, model, tokenizer = loop.cfg, loop.model, loop.tokenizer
+    stop_id = tokenizer.special_tokens.get(END_OF_TEXT)
+    chosen = rng.choice(len(prompts), size=min(cfg["rl_prompts_per_step"], len(prompts)), replace=False)
+    sequences, prompt_lengths, lengths, rewards = [], [], [], []
+    for index in chosen:
+        group, group_lengths = sample_group(model, encoded[index], cfg["rl_group_size"], cfg["rl_max_new_tokens"],
+                                            rng, cfg["rl_temperature"], cfg["rl_top_k"], stop_id)
+        start = len(encoded[index])
+        rewards.append([float(reward_fn(prompts[index], tokenizer.decode(row[start:start + n])))
+                        for row, n in zip(group, group_lengths)])
+        sequences.extend(group)
+        prompt_lengths += [start] * len(group)
+        lengths.extend(group_lengths)
+    return Rows.of(_pad(sequences), prompt_lengths, lengths), np.asarray(rewards), lengths
 
 
 def _pad(sequences):
@@ -119,13 +123,7 @@ def read_groups(path):
     """Offline GRPO's groups from JSON Lines: {"prompt": str, "responses": [str], "rewards": [float]}
     per line, every group the same size; a one-line error naming the line for anything else."""
     groups = []
-    for number, line in enumerate(read_text_file(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {number}: not JSON ({exc.msg})") from None
+    for number, record in read_json_lines(path):
         responses, rewards = (record.get("responses"), record.get("rewards")) if isinstance(record, dict) else (None, None)
         if (not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not isinstance(responses, list)
                 or not isinstance(rewards, list) or len(responses) != len(rewards) or len(responses) < 2
@@ -134,8 +132,6 @@ def read_groups(path):
             raise ValueError(f"{path} line {number}: a group is {{\"prompt\": str, \"responses\": [str, ...], "
                              "\"rewards\": [number, ...]}} with as many rewards as responses (at least 2)")
         groups.append(record)
-    if not groups:
-        raise ValueError(f"{path} holds no groups")
     if len({len(g["responses"]) for g in groups}) > 1:
         raise ValueError(f"{path}: every group needs the same number of responses (found "
                          f"{sorted({len(g['responses']) for g in groups})})")

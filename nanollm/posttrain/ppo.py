@@ -23,9 +23,8 @@ from nanollm import backends
 from nanollm.ops.logprobs import entropy_backward, entropy_forward, token_logprobs_backward, token_logprobs_forward
 from nanollm.ops.policy_loss import clipped_policy_loss_backward, clipped_policy_loss_forward
 from nanollm.ops.value import gae, value_loss_backward, value_loss_forward
-from nanollm.posttrain.grpo import END_OF_TEXT, _pad, attach_logprobs
+from nanollm.posttrain.grpo import attach_logprobs, sample_scored_groups
 from nanollm.posttrain.loop import PolicyLoop
-from nanollm.posttrain.rollouts import Rows, sample_group
 
 
 def response_values(model, rows, batch_size):
@@ -82,22 +81,11 @@ def train_ppo(model, prompts, reward_fn, cfg=None, *, tokenizer, evaluate=None):
     loop = PolicyLoop(model, cfg, tokenizer=tokenizer)
     cfg = loop.cfg
     encoded = [tokenizer.encode(p, allow_special=True) for p in prompts]
-    stop_id = tokenizer.special_tokens.get(END_OF_TEXT)
 
     def make_rows(step, rng):
-        chosen = rng.choice(len(prompts), size=min(cfg["rl_prompts_per_step"], len(prompts)), replace=False)
-        sequences, prompt_lengths, lengths, rewards = [], [], [], []
-        for index in chosen:
-            group, group_lengths = sample_group(model, encoded[index], cfg["rl_group_size"], cfg["rl_max_new_tokens"],
-                                                rng, cfg["rl_temperature"], cfg["rl_top_k"], stop_id)
-            start = len(encoded[index])
-            rewards += [float(reward_fn(prompts[index], tokenizer.decode(row[start:start + n])))
-                        for row, n in zip(group, group_lengths)]
-            sequences.extend(group)
-            prompt_lengths += [start] * len(group)
-            lengths.extend(group_lengths)
-        rows = Rows.of(_pad(sequences), prompt_lengths, lengths)
-        last = (np.asarray(prompt_lengths) - 1 + np.asarray(lengths) - 1)  # each response's last target
+        rows, rewards, lengths = sample_scored_groups(loop, prompts, encoded, reward_fn, rng)
+        rewards = rewards.reshape(-1)
+        last = rows.mask.shape[1] - 1 - np.argmax(rows.mask[:, ::-1] > 0, axis=1)  # each response's last target
         token_rewards = np.zeros(rows.targets.shape)
         token_rewards[np.arange(len(rows)), last] = rewards
         old_values = response_values(model, rows, cfg["batch_size"])
