@@ -176,8 +176,9 @@ def _check_type(key, value, source):
     kind = OPTIONAL_TYPES.get(key, type(default))
     if value is None and key in OPTIONAL_TYPES:
         return None
-    if key == "report_to" and isinstance(value, str):  # one tracker by name; "none": no tracker
-        value = [] if value == "none" else [value]
+    if key == "report_to":  # one tracker by name, or a list; "none" (--report_to=none): no tracker
+        value = [value] if isinstance(value, str) else value
+        value = [name for name in value if name != "none"] if isinstance(value, (list, tuple)) else value
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -104,6 +104,8 @@ def test_missing_tracker_package_and_missing_folder_are_one_line_errors(data, tm
         run(data, tmp_path / "other", report_to="tensorboard", checkpoint_dir=None)
     with pytest.raises(ValueError, match="report_to takes tensorboard, wandb"):
         run(data, tmp_path / "other", report_to=["mlflow"])
+    from nanollm.config import parse_value, resolve
+    assert resolve({"report_to": parse_value("report_to", "none")})["report_to"] == []  # --report_to=none
 
 
 def test_without_report_to_nothing_but_metrics_jsonl_is_written(data, tmp_path):
