@@ -356,9 +356,9 @@ def cmd_rl(args):
 
 def cmd_merge(args):
     from nanollm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+    from nanollm.interop.files import check_out_files
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; choose another path or pass --overwrite")
+    check_out_files((args.out,), args.overwrite)
     checkpoint = find_checkpoint(args.checkpoint)
     info = load_checkpoint(checkpoint)
     if info["model"].lora is None:

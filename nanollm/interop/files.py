@@ -42,7 +42,7 @@ def check_out_files(paths, overwrite):
     if not overwrite:
         for path in paths:
             if Path(path).exists():
-                raise FileExistsError(f"{path} already exists; export to another place or pass --overwrite "
+                raise FileExistsError(f"{path} already exists; write to another path or pass --overwrite "
                                       "(overwrite=True) to replace it")
 
 

@@ -170,12 +170,11 @@ def character_merges(spelled):
 def _tokenizer_fields(tokenizer):
     """(tokens, token types, merges, the end-of-text id or None) of a nanollm tokenizer, in GGUF's
     byte-level BPE form (see the module docstring for a character tokenizer)."""
-    from nanollm.interop.tokenizer_files import byte_level_merges, byte_level_tokens, bytes_to_unicode
+    from nanollm.interop.tokenizer_files import byte_level_merges, byte_level_tokens, spell_token
 
     specials = set(tokenizer.special_tokens.values())
     if tokenizer.kind == "char":
-        spell = bytes_to_unicode()
-        spelled = ["".join(spell[b] for b in ch.encode("utf-8")) for ch in tokenizer.chars]
+        spelled = [spell_token(ch.encode("utf-8")) for ch in tokenizer.chars]
         tokens = spelled + sorted(tokenizer.special_tokens, key=tokenizer.special_tokens.get)
         merges = character_merges(spelled)
     else:
@@ -366,7 +365,7 @@ def tokenizer_from_gguf(metadata, source="the GGUF file"):
     model = metadata.get("tokenizer.ggml.model")
     if model in (None, "none"):
         return None
-    from nanollm.interop.tokenizer_files import bpe_from_byte_level, bytes_to_unicode
+    from nanollm.interop.tokenizer_files import bpe_from_byte_level, unspell_token
     from nanollm.tokenizers import CharTokenizer
 
     if model != "gpt2":
@@ -381,11 +380,10 @@ def tokenizer_from_gguf(metadata, source="the GGUF file"):
     tokens, merges = list(metadata["tokenizer.ggml.tokens"]), list(metadata.get("tokenizer.ggml.merges") or [])
     types = list(metadata.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens))
     specials = [i for i, kind in enumerate(types) if kind == TOKEN_CONTROL]
-    unspell = {ch: b for b, ch in bytes_to_unicode().items()}
     try:
-        chars = [bytes(unspell[ch] for ch in token).decode("utf-8") for i, token in enumerate(tokens)
+        chars = [unspell_token(token, i, source).decode("utf-8") for i, token in enumerate(tokens)
                  if i not in specials]
-    except (KeyError, UnicodeDecodeError):
+    except ValueError:  # a token that is no UTF-8 character's bytes (UnicodeDecodeError too): not a char vocabulary
         chars = None
     if (chars is not None and all(len(ch) == 1 for ch in chars) and chars == sorted(set(chars))
             and specials == list(range(len(chars), len(tokens)))

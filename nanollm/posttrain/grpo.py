@@ -58,9 +58,11 @@ def _counting(cfg):
     return "token" if cfg["rl_normalisation"] == "token" else "row"
 
 
-def attach_logprobs(loop, rows, advantages):
-    """rows + the old policy's and the reference's log-probabilities and the advantages."""
-    old_lp = response_logprobs(loop.model, rows, loop.cfg["batch_size"])
+def attach_logprobs(loop, rows, advantages, old_lp=None):
+    """rows + the old policy's (given, or computed here) and the reference's log-probabilities
+    and the advantages."""
+    if old_lp is None:
+        old_lp = response_logprobs(loop.model, rows, loop.cfg["batch_size"])
     ref_lp = (response_logprobs(loop.reference, rows, loop.cfg["batch_size"])
               if loop.reference is not None and loop.cfg["rl_beta"] else None)
     return rows.with_data(old_lp=old_lp, advantages=np.asarray(advantages, dtype=np.float64),

@@ -25,16 +25,7 @@ from nanollm.ops.policy_loss import clipped_policy_loss_backward, clipped_policy
 from nanollm.ops.value import gae, value_loss_backward, value_loss_forward
 from nanollm.posttrain.grpo import attach_logprobs, sample_scored_groups
 from nanollm.posttrain.loop import PolicyLoop
-
-
-def response_values(model, rows, batch_size):
-    """The value head's estimates (R, L - 1) at the rows' target positions, eval mode, host float64."""
-    out = np.zeros(rows.targets.shape, dtype=np.float64)
-    with model.evaluating():
-        for begin in range(0, len(rows), batch_size):
-            model.forward(rows.inputs[begin:begin + batch_size])
-            out[begin:begin + batch_size] = backends.to_numpy(model.values)
-    return out
+from nanollm.posttrain.rollouts import response_logprobs
 
 
 def ppo_loss_and_backward(loop):
@@ -88,12 +79,13 @@ def train_ppo(model, prompts, reward_fn, cfg=None, *, tokenizer, evaluate=None):
         last = rows.mask.shape[1] - 1 - np.argmax(rows.mask[:, ::-1] > 0, axis=1)  # each response's last target
         token_rewards = np.zeros(rows.targets.shape)
         token_rewards[np.arange(len(rows)), last] = rewards
-        old_values = response_values(model, rows, cfg["batch_size"])
+        # the old policy's log-probabilities and values: one forward pass over the rollouts
+        old_lp, old_values = response_logprobs(model, rows, cfg["batch_size"], with_values=True)
         advantages, returns = gae(token_rewards, old_values, rows.mask, cfg["ppo_gamma"], cfg["ppo_lam"])
         counted = rows.mask > 0
         spread = advantages[counted].std() if counted.any() else 0.0
         advantages = np.where(counted, (advantages - advantages[counted].mean()) / (spread + 1e-8), 0.0)
-        rows = attach_logprobs(loop, rows, advantages).with_data(old_values=old_values, returns=returns)
+        rows = attach_logprobs(loop, rows, advantages, old_lp).with_data(old_values=old_values, returns=returns)
         stats = {"reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
                  "response_length": float(np.mean(lengths)), "value_mean": float(old_values[counted].mean())}
         return rows, stats

@@ -116,14 +116,18 @@ class Rows:
         return counting
 
 
-def response_logprobs(model, rows, batch_size=16):
+def response_logprobs(model, rows, batch_size=16, with_values=False):
     """Log-probabilities (R, L - 1) of the rows' targets under ``model`` in eval mode, on the
-    host, float64: the old policy's at sampling time, or the frozen reference's."""
+    host, float64: the old policy's at sampling time, or the frozen reference's. with_values:
+    (log-probabilities, the value head's estimates (R, L - 1)) from the same forward passes."""
     out = np.zeros(rows.targets.shape, dtype=np.float64)
+    values = np.zeros(rows.targets.shape, dtype=np.float64) if with_values else None
     with model.evaluating():
         for begin in range(0, len(rows), batch_size):
             part = slice(begin, begin + batch_size)
             logits, _ = model.forward(rows.inputs[part])
             lp, _ = token_logprobs_forward(logits, rows.targets[part])
             out[part] = backends.to_numpy(lp)
-    return out
+            if with_values:
+                values[part] = backends.to_numpy(model.values)
+    return (out, values) if with_values else out
