@@ -130,6 +130,11 @@ def test_weight_decay_reaches_only_the_chosen_parameters_in_training(ids, text_a
     {}, {"epochs": 2},
     {"optimizer": "muon"},  # muon: buffers and AdamW's m, v
     {"lora_rank": 2, "lora_dropout": 0.1, "lora_targets": ["q", "v", "mlp"]},  # frozen base, adapters' state
+    # sophia: m and h; Hessian estimates after steps 3, 6, 9, 12, so the checkpoint at step 4 falls
+    # between two and the resumed run must draw the estimates' labels as the uninterrupted one did
+    {"optimizer": "sophia", "sophia_hessian_interval": 3},
+    {"optimizer": "sophia", "sophia_hessian_interval": 3, "grad_accum_steps": 2, "lora_rank": 2,
+     "lora_targets": ["q", "v", "mlp"]},
 ])
 def test_an_interrupted_and_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(
         ids, text_and_tokenizer, tmp_path, monkeypatch, crash_at_step, mode):
