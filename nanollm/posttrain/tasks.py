@@ -195,20 +195,33 @@ class Addition(Task):
         return f"{a} + {b} = {int(total) + rng.choice((-3, -2, -1, 1, 2, 3))}"  # sums are >= 20
 
 
-class Reverse(Task):
-    name = "reverse"
-    pattern = re.compile(r"Reverse the word\.\n\n([a-z]+)")
+class WordTask(Task):
+    """A task on one word of WORD_LIST: ``instruction``, the word, and ``transform(word)`` the answer
+    (a word of the same length, so the right format is a word of letters that long)."""
+    instruction = None
+
+    def __init__(self):
+        self.pattern = re.compile(re.escape(self.instruction) + r"\n\n([a-z]+)")
 
     def keys(self):
         return list(WORD_LIST)
 
     def example(self, word):
-        return "Reverse the word.", word, word[::-1]
+        return self.instruction, word, self.transform(word)
 
     def answer(self, match):
-        return match.group(1)[::-1]
+        return self.transform(match.group(1))
 
     right_format = staticmethod(_word_of_letters)
+
+
+class Reverse(WordTask):
+    name = "reverse"
+    instruction = "Reverse the word."
+
+    @staticmethod
+    def transform(word):
+        return word[::-1]
 
     def corrupt(self, answer, rng):
         """The word not reversed, or the reversal with two different neighbouring letters swapped."""
@@ -245,20 +258,13 @@ class CountLetters(Task):
         return str(count + 1 if count == 0 or rng.random() < 0.5 else count - 1)
 
 
-class Capitalise(Task):
+class Capitalise(WordTask):
     name = "capitalise"
-    pattern = re.compile(r"Write the word in capital letters\.\n\n([a-z]+)")
+    instruction = "Write the word in capital letters."
 
-    def keys(self):
-        return list(WORD_LIST)
-
-    def example(self, word):
-        return "Write the word in capital letters.", word, word.upper()
-
-    def answer(self, match):
-        return match.group(1).upper()
-
-    right_format = staticmethod(_word_of_letters)
+    @staticmethod
+    def transform(word):
+        return word.upper()
 
     def corrupt(self, answer, rng):
         """The word in lower case, or with one letter left in lower case."""
