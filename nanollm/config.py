@@ -32,6 +32,7 @@ DEFAULTS = {
     # ---- length of training ----
     "num_steps": 1000,            # optimizer steps (alias max_steps); ignored when epochs is set
     "epochs": None,               # passes over the data in shuffled windows instead of num_steps
+    "max_train_seconds": None,    # stop after this many seconds of training steps (evaluations not counted), checkpoint and evaluate; the schedule then runs on the budget's clock (see nanollm.schedule)
     # ---- optimizer ----
     "optimizer": "adamw",         # sgd, adam, adamw, lion, muon (Muon on the hidden 2-D weights, AdamW on the rest) or sophia (Sophia-G)
     "learning_rate": 1e-3,        # peak learning rate
@@ -116,14 +117,14 @@ TRACKERS = tuple(tracking.TRACKERS)  # report_to's names
 # float is.
 OPTIONAL_TYPES = {
     **model_config.TYPES,
-    "eval_steps": int, "epochs": int, "decay_steps": int, "patience": int, "rl_top_k": int,
+    "eval_steps": int, "epochs": int, "decay_steps": int, "max_train_seconds": float, "patience": int, "rl_top_k": int,
     "checkpoint_dir": str, "resume_from": str, "init_from": str, "dtype": str, "backend": str, "no_decay": list,
 }
 CHOICES = {"architecture": model_config.ARCHITECTURES, "optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES,
            "dtype": model_config.DTYPES + model_config.HALF_DTYPES, "backend": backends.names(),
            "muon_adjust_lr": MUON_ADJUST_LR, "rl_normalisation": ("token", "sequence")}
 POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size", "sample_length",
-            "epochs", "patience", "eps", "lora_alpha", "muon_learning_rate", "muon_ns_steps", "sophia_rho",
+            "epochs", "max_train_seconds", "patience", "eps", "lora_alpha", "muon_learning_rate", "muon_ns_steps", "sophia_rho",
             "sophia_hessian_interval", "rl_group_size", "rl_prompts_per_step", "rl_inner_epochs", "rl_top_k",
             "rl_max_new_tokens", "dpo_beta")
 UNIT_INTERVAL = ("lora_dropout", "val_fraction", "muon_momentum", "rl_clip_low")  # in [0, 1)

@@ -87,6 +87,11 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
         per block                                        s N (6C + Q + H_kv hd + 3F + 2 + 2 d C)
         final_rmsnorm     x (B, T, C), rstd (B, T); its output = the head's input       s N (2C + 1)
 
+    The speedrun's options: mlp_activation="relu2" keeps relu(h) and its square (2F, as GELU's
+    input and output; SwiGLU keeps 3F); qk_norm the rstd of every query and key vector
+    (s N (H + H_kv)) and its unit gains, and in GPT-2 (no rope to replace them) the normalised q and
+    k (s N (C + H_kv hd)); logit_softcap tanh(logits / cap) (s N V).
+
     The logits dominate small models with big vocabularies; the attention probabilities grow
     with T^2. GPT-2 small at B=12, T=1024 in float32 keeps 15.9 GiB: 2.3 GiB of logits, 6.8 GiB
     of attention probabilities, 6.8 GiB for the rest of the blocks.
@@ -105,24 +110,29 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
     heads, kv_heads = cfg["num_heads"], cfg["num_kv_heads"]
     q = (heads + 2 * kv_heads) * (c // heads)
     n, d = b * t, 1 if cfg["dropout"] > 0 else 0
+    kv_width, mlp = kv_heads * (c // heads), (3 if cfg["mlp_activation"] == "swiglu" else 2) * f
+    logits = s * n * (v + 1 + (v if cfg["logit_softcap"] is not None else 0))
+    qk_norm = 0  # per block: QK-norm's rstd and unit gains, and GPT-2's normalised q and k
+    if cfg["qk_norm"]:
+        qk_norm = s * (n * (heads + kv_heads) + 2 * (c // heads))
+        qk_norm += s * n * (c + kv_width) if cfg["architecture"] == "gpt2" else 0
     if cfg["architecture"] == "llama":
-        kv_width = kv_heads * (c // heads)
         return {
             "token_ids": INDEX_BYTES * 2 * n,
             "rope_tables": s * t * (c // heads),
             "embedding": s * d * n * c,
-            "blocks": layers * s * n * (6 * c + q + kv_width + 3 * f + 2 + 2 * d * c),
+            "blocks": layers * (s * n * (6 * c + q + kv_width + mlp + 2 + 2 * d * c) + qk_norm),
             "attention_probs": layers * s * b * heads * t * t * (1 + 2 * d),
             "final_rmsnorm": s * n * (2 * c + 1),
-            "logits": s * n * (v + 1),
+            "logits": logits,
         }
     return {
         "token_ids": INDEX_BYTES * (2 * n + t),
         "embedding": s * d * n * c,
-        "blocks": layers * s * n * (5 * c + q + 2 * f + 4 + 2 * d * c),
+        "blocks": layers * (s * n * (5 * c + q + mlp + 4 + 2 * d * c) + qk_norm),
         "attention_probs": layers * s * b * heads * t * t * (1 + 2 * d),
         "final_layernorm": s * n * (2 * c + 2),
-        "logits": s * n * (v + 1),
+        "logits": logits,
     }
 
 

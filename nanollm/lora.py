@@ -18,7 +18,7 @@ import numpy as np
 
 TARGETS = ("q", "k", "v", "o", "mlp")
 DEFAULT_TARGETS = ("q", "v")  # the LoRA paper's choice
-MLP_MATRICES = {"gpt2": ("mlp.fc", "mlp.proj"), "llama": ("mlp.gate", "mlp.up", "mlp.down")}
+MLP_MATRICES = {"swiglu": ("mlp.gate", "mlp.up", "mlp.down"), "gelu": ("mlp.fc", "mlp.proj"), "relu2": ("mlp.fc", "mlp.proj")}
 
 
 def check_lora_config(lora):
@@ -74,7 +74,7 @@ def adapter_layout(config):
     if "o" in lora["targets"]:
         layout["attn.proj"] = [(None, slice(None), (c, r), (r, c))]
     if "mlp" in lora["targets"]:
-        for matrix in MLP_MATRICES[config["architecture"]]:
+        for matrix in MLP_MATRICES[config["mlp_activation"]]:
             c_in, c_out = (f, c) if matrix in ("mlp.proj", "mlp.down") else (c, f)
             layout[matrix] = [(None, slice(None), (c_in, r), (r, c_out))]
     return layout

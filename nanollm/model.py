@@ -10,6 +10,10 @@ in reverse.
                       x + dropout(mlp_swiglu(rmsnorm(x))) ]
              -> rmsnorm -> logits = x @ wte.T (or x @ lm_head, untied); no biases anywhere
 
+The speedrun's options (ModelConfig) change single steps: mlp_activation="relu2" the MLP to
+proj(relu(fc(h))^2), qk_norm RMS-normalises q and k inside attention, logit_softcap ends with
+logits = cap * tanh(logits / cap), zero_init starts the output projections at zero.
+
 Every step calls an op from ``nanollm.ops``; ``backward`` calls the same ops' backward
 functions in exactly the reverse order, so the two read as mirror images.
 """
@@ -36,6 +40,7 @@ from nanollm.ops.lora import lora_backward, lora_forward
 from nanollm.ops.mlp import Linear, mlp_backward, mlp_forward, swiglu_mlp_backward, swiglu_mlp_forward
 from nanollm.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from nanollm.ops.rope import rope_tables
+from nanollm.ops.softcap import softcap_backward, softcap_forward
 
 INIT_STD = 0.02  # GPT-2's normal(0, 0.02) initialisation
 
@@ -52,6 +57,7 @@ LLAMA_BLOCK_PARAMS = (
     "norm2.weight",
     "mlp.gate.weight", "mlp.up.weight", "mlp.down.weight",
 )
+LLAMA_RELU2_BLOCK_PARAMS = LLAMA_BLOCK_PARAMS[:4] + ("mlp.fc.weight", "mlp.proj.weight")  # two matrices, no biases
 # Layers that write into the residual stream: init std scaled by 1/sqrt(2 L) (GPT-2).
 RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.proj.weight", "mlp.down.weight")
 VALUE_HEAD = "value_head."  # PPO's critic: value_head.weight (C, 1), value_head.bias (1,)
@@ -59,9 +65,11 @@ NORM_NAMES = {"gpt2": ("ln1", "ln2", "ln_f"), "llama": ("norm1", "norm2", "norm_
 NORM_GAINS = tuple(f"{prefix}.weight" for names in NORM_NAMES.values() for prefix in names)
 
 
-def block_params(architecture):
-    """The suffixes of one block's parameters for an architecture, in forward order."""
-    return LLAMA_BLOCK_PARAMS if architecture == "llama" else BLOCK_PARAMS
+def block_params(architecture, mlp_activation=None):
+    """The suffixes of one block's parameters for an architecture (and MLP), in forward order."""
+    if architecture != "llama":
+        return BLOCK_PARAMS
+    return LLAMA_RELU2_BLOCK_PARAMS if mlp_activation == "relu2" else LLAMA_BLOCK_PARAMS
 
 
 class TransformerLanguageModel:
@@ -105,7 +113,7 @@ class TransformerLanguageModel:
     def _update_layout(self):
         """The block's parameter suffixes and LoRA adapters, after the lora setting changed."""
         self.lora = self.config["lora"]
-        self.block_params = block_params(self.architecture) + tuple(adapter_shapes(self.config))
+        self.block_params = block_params(self.architecture, self.mlp_activation) + tuple(adapter_shapes(self.config))
         self.adapters = adapter_layout(self.config)  # {matrix suffix: [(part, columns, A shape, B shape)]}
         # with LoRA the adapters train and the base weights stay frozen; a value head always trains
         self.trainable = [name for name in self.params
@@ -119,8 +127,11 @@ class TransformerLanguageModel:
 
     def _init_params(self, rng, adapter_rng):
         """normal(0, 0.02) weights and embeddings, residual projections scaled by 1/sqrt(2 L),
-        zero biases, unit norm gains (GPT-2 / nanoGPT; Llama's blocks take the same). LoRA
-        adapters draw from their own generator, so the base weights do not depend on them."""
+        zero biases, unit norm gains (GPT-2 / nanoGPT; Llama's blocks take the same). With
+        zero_init the residual projections and an untied lm_head are zeros instead (each block
+        starts as the identity, the first logits are uniform: the speedrun's init); every other
+        weight draws the same numbers either way. LoRA adapters draw from their own generator,
+        so the base weights do not depend on them."""
         params = {}
         for name, shape in self.parameter_shapes().items():
             if is_adapter(name):
@@ -132,6 +143,8 @@ class TransformerLanguageModel:
             else:
                 std = INIT_STD / math.sqrt(2 * self.num_layers) if name.endswith(RESIDUAL_PROJECTIONS) else INIT_STD
                 value = rng.normal(0.0, std, size=shape)
+                if self.zero_init and (name.endswith(RESIDUAL_PROJECTIONS) or name == "lm_head.weight"):
+                    value = np.zeros(shape)  # drawn first all the same, so the other weights do not move
             params[name] = value.astype(self.dtype)
         return params
 
@@ -311,6 +324,9 @@ class TransformerLanguageModel:
             block_caches.append(cache)
         x, norm_f_cache = self._norm_forward(x, p, self.norm_names[2])
         logits, head_cache = linear_forward(x, self._output_weight())  # (B, T, V)
+        softcap_cache = None
+        if self.logit_softcap is not None:  # cap * tanh(logits / cap)
+            logits, softcap_cache = softcap_forward(logits, self.logit_softcap)
         value_cache = None
         if self.value_head:  # PPO's critic on the same hidden state: values (B, T)
             values, value_cache = linear_forward(x, p[VALUE_HEAD + "weight"], p[VALUE_HEAD + "bias"])
@@ -321,7 +337,7 @@ class TransformerLanguageModel:
             loss, loss_cache = cross_entropy_forward(logits, targets, IGNORE_INDEX)
         if kv_cache is None:
             self._cache = (tok_cache, pos_cache, add_cache, drop_cache, block_caches,
-                           norm_f_cache, head_cache, loss_cache, value_cache)
+                           norm_f_cache, head_cache, softcap_cache, loss_cache, value_cache)
         else:
             kv_cache.length += idx.shape[1]
         return logits, loss
@@ -378,16 +394,18 @@ class TransformerLanguageModel:
         qkv, caches["qkv"] = self._linear_forward(h, p, "attn.qkv")  # (B, T, (H + 2 H_kv) hd)
         a, caches["attn"] = attention_forward(qkv, self.num_heads, self.num_kv_heads, dropout=self.dropout,
                                               rng=self.dropout_rng, training=self.training,
-                                              rope=rope, past=past)  # (B, T, C)
+                                              rope=rope, past=past,
+                                              qk_norm_eps=self.norm_eps if self.qk_norm else None)  # (B, T, C)
         a, caches["proj"] = self._linear_forward(a, p, "attn.proj")
         a, caches["drop1"] = dropout_forward(a, **drop)
         x, caches["res1"] = residual_forward(x, a)
         h, caches["norm2"] = self._norm_forward(x, p, norm2)
         linear = self._block_linear(p)  # the MLP's linear layers by matrix name, LoRA adapters included
-        if self.architecture == "llama":  # SwiGLU: down(silu(gate(h)) * up(h))
+        if self.mlp_activation == "swiglu":  # down(silu(gate(h)) * up(h))
             m, caches["mlp"] = swiglu_mlp_forward(h, "mlp.gate", "mlp.up", "mlp.down", linear=linear)  # (B, T, C)
-        else:  # GELU MLP: proj(gelu(fc(h)))
-            m, caches["mlp"] = mlp_forward(h, "mlp.fc", None, "mlp.proj", None, linear=linear)  # (B, T, C)
+        else:  # proj(gelu(fc(h))) or proj(relu(fc(h))^2)
+            m, caches["mlp"] = mlp_forward(h, "mlp.fc", None, "mlp.proj", None, linear=linear,
+                                           activation=self.mlp_activation)  # (B, T, C)
         m, caches["drop2"] = dropout_forward(m, **drop)
         x, caches["res2"] = residual_forward(x, m)
         return x, caches
@@ -404,7 +422,7 @@ class TransformerLanguageModel:
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() first (one without a kv_cache)")
         (tok_cache, pos_cache, add_cache, drop_cache, block_caches,
-         norm_f_cache, head_cache, loss_cache, value_cache) = self._cache
+         norm_f_cache, head_cache, softcap_cache, loss_cache, value_cache) = self._cache
         if dlogits is None:
             if loss_cache is None:
                 raise RuntimeError("backward() without dlogits needs forward(idx, targets) with targets")
@@ -412,6 +430,8 @@ class TransformerLanguageModel:
         grads = {}
 
         frozen = self.lora is not None
+        if softcap_cache is not None:
+            dlogits = softcap_backward(dlogits, softcap_cache)
         dx, dhead, _ = linear_backward(dlogits, head_cache, weight_grads=not frozen)  # dhead: (C, V)
         if self.value_head:
             xp = backends.array_module(dx)
@@ -465,7 +485,7 @@ class TransformerLanguageModel:
         g = {}
         dx, dm = residual_backward(dx, caches["res2"])
         dm = dropout_backward(dm, caches["drop2"])
-        if self.architecture == "gpt2":  # the forward's two branches, each reversed, in reverse order
+        if self.mlp_activation != "swiglu":  # the forward's two branches, each reversed, in reverse order
             dh, dfc, _, dproj, _ = mlp_backward(dm, caches["mlp"])
             matrix_grads = (dfc, dproj)
         else:

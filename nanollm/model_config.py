@@ -48,6 +48,10 @@ class ModelConfig:
     tie_embeddings: bool = True      # output layer shares wte (true) or has its own lm_head (false)
     rope_base: float = ROPE_BASE     # llama: base of the rotary angles
     norm_eps: float = NORM_EPS       # epsilon under the square root of layernorm / RMSNorm (GPT-2, Llama 2: 1e-5)
+    mlp_activation: str = None       # the MLP: gelu (gpt2's), swiglu (llama's, gated) or relu2 (ReLU^2, two matrices, the speedrun's); None: the architecture's
+    qk_norm: bool = False            # RMS-normalise each head's queries and keys (no gain) before rope and the scores (QK-norm)
+    logit_softcap: float = None      # logits become cap * tanh(logits / cap) (Gemma 2; the speedrun uses 15-30); None: off
+    zero_init: bool = False          # the residual-stream output projections (attn.proj, mlp.proj / mlp.down) and an untied lm_head start at zero
     dtype: str = "float32"           # the parameters' dtype: float32 or float64
     lora: dict = None                # LoRA adapters {rank, alpha, dropout, targets} (see nanollm.lora), or None
     value_head: bool = False         # a linear value estimate on the final hidden state (PPO's critic), trained with the policy
@@ -57,14 +61,20 @@ class ModelConfig:
             raise ValueError("a model config needs vocab_size (the tokenizer's vocabulary size)")
         for key in KEYS:
             check_value(key, getattr(self, key))
+        activation = DEFAULT_ACTIVATIONS[self.architecture] if self.mlp_activation is None else self.mlp_activation
+        if activation not in ACTIVATIONS[self.architecture]:
+            raise ValueError(f"mlp_activation={activation!r} does not fit architecture={self.architecture!r}; choose "
+                             f"one of {', '.join(ACTIVATIONS[self.architecture])}")
         normalised = dict(
             vocab_size=int(self.vocab_size), embedding_dim=int(self.embedding_dim), num_layers=int(self.num_layers),
-            ffn_hidden_dim=int(default_ffn_hidden_dim(self.embedding_dim, self.architecture)
+            ffn_hidden_dim=int(default_ffn_hidden_dim(self.embedding_dim, self.architecture, activation)
                                if self.ffn_hidden_dim is None else self.ffn_hidden_dim),
             num_heads=int(self.num_heads),
             num_kv_heads=int(self.num_heads if self.num_kv_heads is None else self.num_kv_heads),
             max_seq_len=int(self.max_seq_len), dropout=float(self.dropout), tie_embeddings=bool(self.tie_embeddings),
-            rope_base=float(self.rope_base), norm_eps=float(self.norm_eps), dtype=str(self.dtype),
+            rope_base=float(self.rope_base), norm_eps=float(self.norm_eps), mlp_activation=activation,
+            qk_norm=bool(self.qk_norm), zero_init=bool(self.zero_init),
+            logit_softcap=None if self.logit_softcap is None else float(self.logit_softcap), dtype=str(self.dtype),
             lora=check_lora_config(self.lora), value_head=bool(self.value_head))
         for key, value in normalised.items():  # frozen: completed once, here
             object.__setattr__(self, key, value)
@@ -115,8 +125,11 @@ class ModelConfig:
         if self.architecture == "llama":
             shapes = {"wte": (v, c)}  # positions enter through the rotary embeddings
             block = {"norm1.weight": (c,), "attn.qkv.weight": (c, qkv), "attn.proj.weight": (c, c),
-                     "norm2.weight": (c,), "mlp.gate.weight": (c, f), "mlp.up.weight": (c, f),
-                     "mlp.down.weight": (f, c)}
+                     "norm2.weight": (c,)}
+            if self.mlp_activation == "swiglu":
+                block.update({"mlp.gate.weight": (c, f), "mlp.up.weight": (c, f), "mlp.down.weight": (f, c)})
+            else:  # relu2: two matrices, no biases
+                block.update({"mlp.fc.weight": (c, f), "mlp.proj.weight": (f, c)})
             final = {"norm_f.weight": (c,)}
         else:
             shapes = {"wte": (v, c), "wpe": (self.max_seq_len, c)}
@@ -147,7 +160,7 @@ class ModelConfig:
         t = self.max_seq_len if seq_len is None else seq_len
         c, f, heads, hd = self.embedding_dim, self.ffn_hidden_dim, self.num_heads, self.head_dim
         qkv = (heads + 2 * self.num_kv_heads) * hd
-        mlp_matrices = 3 if self.architecture == "llama" else 2
+        mlp_matrices = 3 if self.mlp_activation == "swiglu" else 2
         per_layer = 2 * (c * qkv + c * c + mlp_matrices * c * f) + 2 * 2 * heads * hd * t
         forward = self.num_layers * per_layer + 2 * c * self.vocab_size
         return 3 * forward if training else forward
@@ -156,13 +169,16 @@ class ModelConfig:
 KEYS = tuple(field.name for field in dataclasses.fields(ModelConfig))
 # What a checkpoint fixes: the settings that decide the parameter shapes (not dropout, dtype or lora).
 SHAPE_KEYS = ("vocab_size", "embedding_dim", "num_layers", "ffn_hidden_dim", "num_heads", "num_kv_heads",
-              "max_seq_len", "architecture", "tie_embeddings", "rope_base", "norm_eps", "value_head")
+              "max_seq_len", "architecture", "tie_embeddings", "rope_base", "norm_eps", "mlp_activation", "qk_norm",
+              "logit_softcap", "value_head")
 # The model keys a training config may set (None there: the model's value). dtype is a training
 # key of its own (it may ask for half-precision compute), lora comes from the lora_* keys and the
 # value head from PPO (nanollm.posttrain.ppo), which adds it.
 TRAINING_KEYS = tuple(key for key in KEYS if key not in ("dtype", "lora", "value_head"))
 TYPES = {field.name: field.type for field in dataclasses.fields(ModelConfig) if field.name in TRAINING_KEYS}
-CHOICES = {"architecture": ARCHITECTURES, "dtype": DTYPES}
+CHOICES = {"architecture": ARCHITECTURES, "dtype": DTYPES, "mlp_activation": ("gelu", "swiglu", "relu2")}
+ACTIVATIONS = {"gpt2": ("gelu", "relu2"), "llama": ("swiglu", "relu2")}  # the MLPs each architecture can have
+DEFAULT_ACTIVATIONS = {"gpt2": "gelu", "llama": "swiglu"}
 
 
 def describe_fields():
@@ -190,7 +206,10 @@ def check_value(key, value):
     elif key == "norm_eps":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
             raise ValueError(f"norm_eps must be a number in (0, 1) (GPT-2 and Llama 2 use 1e-5), got {value!r}")
-    elif key in ("tie_embeddings", "value_head"):
+    elif key == "logit_softcap":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:
+            raise ValueError(f"logit_softcap must be a number > 0 (the speedrun uses 15-30) or none, got {value!r}")
+    elif key in ("tie_embeddings", "value_head", "qk_norm", "zero_init"):
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{key} must be true or false, got {value!r}")
     elif key in CHOICES and str(value) not in CHOICES[key]:
@@ -208,10 +227,10 @@ def check_head_counts(embedding_dim, num_heads, num_kv_heads):
                          f"choose num_kv_heads among the divisors of {num_heads}")
 
 
-def default_ffn_hidden_dim(embedding_dim, architecture):
-    """GPT-2: 4 C. Llama: 8C/3 rounded up to a multiple of 8, so that SwiGLU's three matrices
-    hold GPT-2's 8 C^2 parameters (Llama rounds to 256 at its sizes)."""
-    if architecture == "llama":
+def default_ffn_hidden_dim(embedding_dim, architecture, mlp_activation=None):
+    """GPT-2 (and any two-matrix MLP): 4 C. Llama's SwiGLU: 8C/3 rounded up to a multiple of 8, so
+    that its three matrices hold GPT-2's 8 C^2 parameters (Llama rounds to 256 at its sizes)."""
+    if (mlp_activation or DEFAULT_ACTIVATIONS[architecture]) == "swiglu":
         return 8 * math.ceil(embedding_dim / 3)  # = 8C/3 rounded up to a multiple of 8
     return 4 * embedding_dim
 

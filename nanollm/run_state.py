@@ -89,6 +89,7 @@ class RunState:
         self.batch_rng = np.random.default_rng(distributed.rank_seed(cfg["seed"], comm.rank))  # on the host
         model.dropout_rng = backends.random_generator(distributed.rank_seed(cfg["seed"] + 1, comm.rank))  # on the device
         self.step, self.tokens_seen = 0, 0
+        self.train_seconds = 0.0  # seconds spent in training steps, over resumes too (max_train_seconds counts these)
         self.loss = self.grad_norm = self.val_loss = None
         self.accuracy = self.val_accuracy = None  # top-1 next-token accuracy of the last step / evaluation
         self.best_val_loss, self.evals_without_improvement = math.inf, 0
@@ -109,7 +110,7 @@ class RunState:
         extra = {"val_loss": self.val_loss, "accuracy": self.accuracy, "val_accuracy": self.val_accuracy,
                  "best_val_loss": finite_or_none(self.best_val_loss),
                  "evals_without_improvement": self.evals_without_improvement,
-                 "tokens_seen": self.tokens_seen, "ranks": self.comm.size, **self.training_step.state()}
+                 "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds, "ranks": self.comm.size, **self.training_step.state()}
         if self.comm.is_root:
             save_checkpoint(path, self.model, optimizer_state=self.training_step.states, step=self.step,
                             loss=self.loss, config=self.cfg, tokenizer=self.tokenizer, rng_states=rng_states,
@@ -144,6 +145,7 @@ class RunState:
         self.accuracy, self.val_accuracy = extra.get("accuracy"), extra.get("val_accuracy")
         self.evals_without_improvement = extra.get("evals_without_improvement", 0)
         self.tokens_seen = extra.get("tokens_seen", self.step * self.tokens_per_step)
+        self.train_seconds = extra.get("train_seconds", 0.0)
         self.last_good_checkpoint = str(path)
         self.training_step.load_state(extra)
 

@@ -40,7 +40,7 @@ from nanollm.model_config import TRAINING_KEYS, master_dtype
 from nanollm.ops.cross_entropy import IGNORE_INDEX, correct_predictions
 from nanollm.precision import HALF_DTYPES
 from nanollm.run_state import ADAPTERS_FILE, RunState, finite_or_none, prepare_checkpoint_dir, resuming_in_place
-from nanollm.schedule import lr_at
+from nanollm.schedule import lr_at, schedule_position
 from nanollm.step import TrainingStep
 from nanollm.tracking import Trackers, open_trackers
 
@@ -269,15 +269,17 @@ class Trainer:
         cfg, model, comm, state, step_fn = self.cfg, self.model, self.comm, self.state, self.training_step
         start_time = time.perf_counter()
         train_seconds, interval_seconds, interval_tokens = 0.0, 0.0, 0
+        budget, step_seconds = cfg["max_train_seconds"], 0.0  # the last step's time predicts whether one more fits
         self.first_step, self.before_run = state.step, (state.loss, state.grad_norm)
         for note in state.notes:
             progress.print(note)
         self.check_ranks_agree()  # same model, same checkpoint, on every rank
         for step in range(state.step, self.total_steps):
             tick = time.perf_counter()
-            lr = lr_at(step, self.schedule_cfg)
+            lr = lr_at(schedule_position(step, self.schedule_cfg, state.train_seconds), self.schedule_cfg)
             at = step + 1
-            last = at == self.total_steps
+            out_of_time = budget is not None and state.train_seconds + step_seconds >= budget  # after this step
+            last = at == self.total_steps or out_of_time
             evaluating = self.val is not None and (last or (cfg["eval_interval"] and at % cfg["eval_interval"] == 0))
             logging = last or at == 1 or (cfg["log_interval"] and at % cfg["log_interval"] == 0)
             # log_layer_stats: the weights before the step, to measure its update (log steps only)
@@ -302,7 +304,11 @@ class Trainer:
                 state.accuracy = float(step_fn.accuracy)
             state.step, state.loss, state.grad_norm = at, loss, grad_norm
             spent = time.perf_counter() - tick  # a GPU's queued work is finished at each read, so it counts here
+            if budget is not None and comm.size > 1:
+                spent = max(comm.allgather(spent))  # the ranks stop at the same step and share the schedule
             train_seconds += spent
+            state.train_seconds += spent
+            step_seconds = spent
             interval_seconds += spent
             interval_tokens += step_tokens
             progress.step(loss if reading else None)
@@ -335,6 +341,10 @@ class Trainer:
                 metrics.text("samples", sample, at)
             if self.stopped_early:
                 progress.print(self.stopped_because)
+                break
+            if out_of_time and at < self.total_steps:
+                self.stopped_because = (f"max_train_seconds={budget:g} spent: stopped after step {at} "
+                                        f"({state.train_seconds:.1f} s of training steps)")
                 break
         if not self.diverged:
             self.check_ranks_agree()

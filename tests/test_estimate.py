@@ -146,6 +146,10 @@ ACTIVATION_CASES = [  # (model config, B, T)
           dtype="float32"), 2, 8),
     (dict(vocab_size=101, embedding_dim=24, num_layers=1, num_heads=6, num_kv_heads=2, max_seq_len=20,
           dropout=0.1, architecture="llama", tie_embeddings=False, dtype="float64"), 3, 16),
+    (dict(vocab_size=60, embedding_dim=16, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=8,  # the speedrun's
+          mlp_activation="relu2", qk_norm=True, logit_softcap=15.0, dtype="float32"), 2, 8),
+    (dict(vocab_size=60, embedding_dim=16, num_layers=2, num_heads=4, max_seq_len=8, architecture="llama",
+          mlp_activation="relu2", qk_norm=True, logit_softcap=15.0, tie_embeddings=False, dtype="float64"), 2, 8),
 ]
 
 

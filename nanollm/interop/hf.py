@@ -24,7 +24,7 @@ import numpy as np
 from nanollm.interop import hf_gpt2, hf_llama
 from nanollm.interop.files import (CONFIG_FILE, WEIGHTS_FILE, check_out_files, load_safetensors_folder,
                                    read_json_file, require, write_safetensors)
-from nanollm.model_config import ModelConfig, build_model
+from nanollm.model_config import DEFAULT_ACTIVATIONS, ModelConfig, build_model, complete_model_config
 from nanollm.textfiles import write_json_atomically
 
 NANOLLM_TOKENIZER_FILE = "nanollm_tokenizer.json"  # nanollm's own tokenizer dict, read back exactly
@@ -62,9 +62,21 @@ def _format_of(architecture, expected=None):
     return FORMATS[architecture]
 
 
+def check_expressible(model_config, source):
+    """A one-line ValueError when the model uses a speedrun option (nanollm.model_config) that the
+    GPT-2 and Llama layouts of Hugging Face and llama.cpp have no field for."""
+    completed = complete_model_config(model_config)
+    used = [f"{key}={completed[key]}" for key in ("qk_norm", "logit_softcap") if completed[key]]
+    if completed["mlp_activation"] != DEFAULT_ACTIVATIONS[completed["architecture"]]:
+        used.append(f"mlp_activation={completed['mlp_activation']}")
+    if used:
+        raise ValueError(f"{source} uses {', '.join(used)}, which the GPT-2 and Llama formats of Hugging Face and "
+                         "GGUF cannot express; export a model trained without them (nanollm sample runs this one)")
+
+
 def read_checkpoint_params(checkpoint_path):
     """(metadata, {name: array}) of a checkpoint's parameters (not its optimizer moments), with
-    a one-line error for LoRA adapters that were not merged."""
+    a one-line error for LoRA adapters that were not merged and for what the formats cannot express."""
     from nanollm.checkpoint import read_checkpoint
 
     metadata, arrays = read_checkpoint(checkpoint_path, prefix="params/")
@@ -72,6 +84,7 @@ def read_checkpoint_params(checkpoint_path):
     if model_config.get("lora") is not None or metadata.get("base_model_config") is not None:
         raise ValueError(f"{checkpoint_path} holds LoRA adapters; merge them into the weights first "
                          "(nanollm merge RUN OUT.npz) and export the merged checkpoint")
+    check_expressible(model_config, checkpoint_path)
     params = {key[len("params/"):]: value for key, value in arrays.items()}
     if model_config.get("value_head"):  # PPO's critic: not part of the policy that leaves
         print(f"note: {checkpoint_path} has a value head (PPO's critic); the policy is exported without it",

@@ -34,7 +34,7 @@ import numpy as np
 
 from nanollm.interop.files import as_numpy, check_shape
 from nanollm.model import BLOCK_PARAMS
-from nanollm.model_config import parameter_shapes
+from nanollm.model_config import complete_model_config, parameter_shapes
 from nanollm.ops.rope import ROPE_BASE
 
 MODEL_CLASS = "GPT2LMHeadModel"
@@ -153,11 +153,12 @@ def model_config_from_hf(hf_config):
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; nanollm loads {', '.join(DTYPES)} weights")
     n_inner = h["n_inner"]
-    return dict(vocab_size=int(h["vocab_size"]), embedding_dim=int(h["n_embd"]), num_layers=int(h["n_layer"]),
-                ffn_hidden_dim=int(4 * h["n_embd"] if n_inner is None else n_inner),
-                num_heads=int(h["n_head"]), num_kv_heads=int(h["n_head"]), max_seq_len=int(h["n_positions"]),
-                dropout=float(h["resid_pdrop"]), architecture="gpt2", tie_embeddings=True, rope_base=ROPE_BASE,
-                norm_eps=float(h["layer_norm_epsilon"]), dtype=DTYPES[dtype], lora=None, value_head=False)
+    return complete_model_config(dict(
+        vocab_size=int(h["vocab_size"]), embedding_dim=int(h["n_embd"]), num_layers=int(h["n_layer"]),
+        ffn_hidden_dim=int(4 * h["n_embd"] if n_inner is None else n_inner),
+        num_heads=int(h["n_head"]), num_kv_heads=int(h["n_head"]), max_seq_len=int(h["n_positions"]),
+        dropout=float(h["resid_pdrop"]), architecture="gpt2", tie_embeddings=True, rope_base=ROPE_BASE,
+        norm_eps=float(h["layer_norm_epsilon"]), dtype=DTYPES[dtype], lora=None, value_head=False))
 
 
 # --------------------------------------------------------------------------------- names

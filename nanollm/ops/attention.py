@@ -10,7 +10,9 @@ and keys as (B, H_kv, 1, T, hd): matmul broadcasts over the group axis, and the 
 sums the group axis back down.
 
 Llama rotates queries and keys by their positions first (``rope``, see ops/rope.py); GPT-2
-has learned positions added to the input instead and passes no rope.
+has learned positions added to the input instead and passes no rope. QK-norm (the speedrun's,
+``qk_norm_eps``) RMS-normalises every query and key vector before that, with no gain: the
+scores q.k / sqrt(hd) are then bounded by sqrt(hd), so no logit growth can saturate the softmax.
 
 In generation a KV cache (nanollm.kv_cache) keeps the keys and values of the positions already
 seen, so each new token computes its own q, k, v only and attends over the cached keys: the
@@ -21,6 +23,7 @@ import math
 
 from nanollm import backends
 from nanollm.ops.dropout import dropout_backward, dropout_forward
+from nanollm.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from nanollm.ops.rope import rope_backward, rope_forward
 
 
@@ -42,8 +45,18 @@ def _merge_heads(y):
     return y.transpose(0, 3, 1, 2, 4).reshape(batch, time, num_kv_heads * group * head_dim)
 
 
+def _unit_rmsnorm_forward(x, eps):
+    """x (..., hd) -> x / rms(x) over each vector (RMSNorm with a unit gain, no parameter)."""
+    return rmsnorm_forward(x, backends.array_module(x).ones(x.shape[-1], dtype=x.dtype), eps)
+
+
+def _unit_rmsnorm_backward(dout, cache):
+    """dout (..., hd) -> dx (..., hd); the unit gain's gradient is dropped (it is no parameter)."""
+    return rmsnorm_backward(dout, cache)[0]
+
+
 def attention_forward(qkv, num_heads, num_kv_heads, dropout=0.0, rng=None, training=True, rope=None,
-                      past=None):
+                      past=None, qk_norm_eps=None):
     """qkv (B, T, (H + 2 H_kv) hd) -> out (B, T, H hd).
 
     out = softmax(q k^T / sqrt(hd), masked to the past) v, per head; dropout (when training)
@@ -52,9 +65,14 @@ def attention_forward(qkv, num_heads, num_kv_heads, dropout=0.0, rng=None, train
     past: (keys, values, start) of one layer of a KV cache, buffers (B, H_kv, 1, T_max, hd):
     these T positions' keys and values are written at start, and the queries attend over
     every key up to start + T. Inference only: the returned cache is None.
+    qk_norm_eps: QK-norm's epsilon (None: no QK-norm).
     """
     prims = backends.current()
     q, k, v = _split_heads(qkv, num_heads, num_kv_heads)
+    qk_norm_caches = None
+    if qk_norm_eps is not None:
+        (q, q_norm_cache), (k, k_norm_cache) = _unit_rmsnorm_forward(q, qk_norm_eps), _unit_rmsnorm_forward(k, qk_norm_eps)
+        qk_norm_caches = (q_norm_cache, k_norm_cache)
     if rope is not None:
         q, rope = rope_forward(q, *rope)  # rope_forward's cache is the (cos, sin) pair itself
         k, _ = rope_forward(k, *rope)
@@ -70,7 +88,7 @@ def attention_forward(qkv, num_heads, num_kv_heads, dropout=0.0, rng=None, train
         return _merge_heads(prims.matmul(probs, v)), None
     dropped, dropout_cache = dropout_forward(probs, dropout, rng, training)
     y = prims.matmul(dropped, v)  # (B, H_kv, G, T, hd)
-    cache = (q, k, v, probs, dropped, dropout_cache, scale, qkv.shape, rope)
+    cache = (q, k, v, probs, dropped, dropout_cache, scale, qkv.shape, rope, qk_norm_caches)
     return _merge_heads(y), cache
 
 
@@ -80,7 +98,7 @@ def attention_backward(dout, cache):
     xp = backends.array_module(dout)
     if cache is None:
         raise RuntimeError("attention_backward needs the cache of a training forward (not one with a KV cache)")
-    q, k, v, probs, dropped, dropout_cache, scale, qkv_shape, rope = cache
+    q, k, v, probs, dropped, dropout_cache, scale, qkv_shape, rope, qk_norm_caches = cache
     batch, time, _ = dout.shape
     _, num_kv_heads, group, _, head_dim = q.shape
     dy = dout.reshape(batch, time, num_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)  # like q
@@ -93,6 +111,9 @@ def attention_backward(dout, cache):
     if rope is not None:  # back through the rotations: rotate by minus the angle
         dq = rope_backward(dq, rope)
         dk = rope_backward(dk, rope)
+    if qk_norm_caches is not None:
+        dq = _unit_rmsnorm_backward(dq, qk_norm_caches[0])
+        dk = _unit_rmsnorm_backward(dk[:, :, None], qk_norm_caches[1])[:, :, 0]
     dqkv = xp.empty(qkv_shape, dtype=dout.dtype)
     q_end, k_end = num_kv_heads * group * head_dim, num_kv_heads * (group + 1) * head_dim
     dqkv[..., :q_end] = _merge_heads(dq)

@@ -2,6 +2,7 @@
 
     gpt2  mlp_forward         out = proj(gelu(fc(x)))               x (..., C) -> out (..., C)
     llama swiglu_mlp_forward  out = down(silu(gate(x)) * up(x))     no biases (SwiGLU, Shazeer 2020)
+          mlp_forward(activation="relu2")  out = proj(relu(fc(x))^2)  the speedrun's MLP (either architecture)
 
 Each is written once over its linear layers, a ``Linear`` pair of functions: plain
 ``linear_forward`` / ``linear_backward`` by default (what notebooks and tests check). The model
@@ -14,6 +15,7 @@ from typing import Callable, NamedTuple
 
 from nanollm.ops.gelu import gelu_backward, gelu_forward
 from nanollm.ops.linear import linear_backward, linear_forward
+from nanollm.ops.relu_squared import relu_squared_backward, relu_squared_forward
 from nanollm.ops.swiglu import swiglu_backward, swiglu_forward
 
 
@@ -24,21 +26,25 @@ class Linear(NamedTuple):
 
 
 PLAIN_LINEAR = Linear(linear_forward, linear_backward)
+# The two-matrix MLP's activations: name -> (forward, backward). SwiGLU has a third matrix and its own pair.
+ACTIVATIONS = {"gelu": (gelu_forward, gelu_backward), "relu2": (relu_squared_forward, relu_squared_backward)}
 
 
-def mlp_forward(x, fc_weight, fc_bias, proj_weight, proj_bias, linear=PLAIN_LINEAR):
-    """x (..., C), fc_weight (C, F), fc_bias (F,), proj_weight (F, C), proj_bias (C,) -> out (..., C)."""
+def mlp_forward(x, fc_weight, fc_bias, proj_weight, proj_bias, linear=PLAIN_LINEAR, activation="gelu"):
+    """x (..., C), fc_weight (C, F), fc_bias (F,) or None, proj_weight (F, C), proj_bias (C,) or None
+    -> out (..., C); activation: a key of ACTIVATIONS."""
+    activation_forward, activation_backward = ACTIVATIONS[activation]
     hidden, fc_cache = linear.forward(x, fc_weight, fc_bias)  # (..., F)
-    activated, gelu_cache = gelu_forward(hidden)  # (..., F)
+    activated, activation_cache = activation_forward(hidden)  # (..., F)
     out, proj_cache = linear.forward(activated, proj_weight, proj_bias)  # (..., C)
-    return out, (fc_cache, gelu_cache, proj_cache, linear)
+    return out, (fc_cache, activation_cache, activation_backward, proj_cache, linear)
 
 
 def mlp_backward(dout, cache):
     """dout (..., C) -> dx, dfc_weight, dfc_bias, dproj_weight, dproj_bias (the forward's inputs)."""
-    fc_cache, gelu_cache, proj_cache, linear = cache
+    fc_cache, activation_cache, activation_backward, proj_cache, linear = cache
     dactivated, dproj_weight, dproj_bias = linear.backward(dout, proj_cache)
-    dhidden = gelu_backward(dactivated, gelu_cache)
+    dhidden = activation_backward(dactivated, activation_cache)
     dx, dfc_weight, dfc_bias = linear.backward(dhidden, fc_cache)
     return dx, dfc_weight, dfc_bias, dproj_weight, dproj_bias
 
