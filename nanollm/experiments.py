@@ -13,6 +13,9 @@ and a user grid comes from a JSON/TOML file: {"name": ..., "base": {config keys}
 Fair by construction: every run of a grid trains on the same token budget (num_steps = budget /
 (batch_size * max_seq_len), so a longer context takes fewer steps, not more tokens) from the same
 training tokens, and is scored on the same held-out tokens, every window of them (eval_steps=None).
+A grid whose base sets max_train_seconds compares on a time budget instead (the speedrun's
+ablation): each run keeps its num_steps (the schedule's scale, see nanollm.schedule), stops when
+its training seconds are spent, and its validation curve is plotted against training seconds.
 Each record keeps the resolved config, and the runner checks that the built model really has the
 grid value (a context grid whose runs all trained at one length is an error, not a result).
 
@@ -108,9 +111,10 @@ def expand_runs(grid, token_budget=TOKEN_BUDGET, source=None):
         cfg = resolve(grid.get("base", {}), varied, sources=[f"{source} base", f"{source} run {run['name']!r}"])
         if cfg["max_seq_len"] is None:
             cfg["max_seq_len"] = 64
-        cfg["num_steps"] = max(1, token_budget // (cfg["batch_size"] * cfg["max_seq_len"]))
+        if cfg["max_train_seconds"] is None:  # a token budget; a time budget keeps the run's num_steps
+            cfg["num_steps"] = max(1, token_budget // (cfg["batch_size"] * cfg["max_seq_len"]))
+            cfg["log_interval"] = max(1, cfg["num_steps"] // 10)  # ten loss lines and curve points per run
         cfg["epochs"] = None
-        cfg["log_interval"] = max(1, cfg["num_steps"] // 10)  # ten loss lines and curve points per run
         expanded.append((str(run["name"]), varied, cfg))
     return expanded
 
@@ -235,7 +239,8 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
             "results": {"final_train_loss": results["final_loss"], "final_val_loss": results["final_val_loss"],
                         "final_val_perplexity": results["final_val_perplexity"],
                         "best_val_loss": results["best_val_loss"]},
-            "history": [{"step": r["step"], "loss": r["loss"]} for r in results["history"]],
+            "history": [{key: r[key] for key in ("step", "loss", "val_loss", "train_seconds") if key in r}
+                        for r in results["history"]],
             "config": _comparable(results["config"]), "backend": backends.current_name(),
             "seed": cfg["seed"], "nanollm_version": __version__,
         }
@@ -344,6 +349,20 @@ def plot_grid(records, out_dir, grid_name):
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     paths.append(_save(figure, out_dir / f"{grid_name}_loss_curves.png"))
+
+    timed = [r for r in records if any("val_loss" in h and "train_seconds" in h for h in r["history"])]
+    if timed:  # a time-budget grid: validation loss against the seconds spent training
+        figure = Figure(figsize=(7, 4.5))
+        axes = figure.subplots()
+        for r in timed:
+            points = [(h["train_seconds"], h["val_loss"]) for h in r["history"] if "val_loss" in h]
+            axes.plot(*zip(*points), label=f"{r['experiment_name']} (seed {r['seed']})", linewidth=1)
+        axes.set_xlabel("training seconds")
+        axes.set_ylabel("validation loss (nats/token)")
+        axes.set_title(f"{grid_name}: validation loss vs training time")
+        axes.legend(fontsize=7)
+        axes.grid(alpha=0.3)
+        paths.append(_save(figure, out_dir / f"{grid_name}_val_loss_vs_time.png"))
     return {"plots": paths, "power_law": power_law}
 
 

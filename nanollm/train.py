@@ -319,7 +319,7 @@ class Trainer:
             if logging or evaluating:
                 record = dict(step=at, loss=loss, accuracy=state.accuracy, lr=lr, grad_norm=grad_norm,
                               tokens_per_second=interval_tokens / max(interval_seconds, 1e-9),
-                              elapsed=time.perf_counter() - start_time)
+                              elapsed=time.perf_counter() - start_time, train_seconds=state.train_seconds)
                 if step_fn.scaler is not None:
                     record.update(loss_scale=float(step_fn.scaler.scale), skipped_steps=int(step_fn.skipped_steps))
                 if evaluating:

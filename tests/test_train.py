@@ -62,7 +62,7 @@ def test_training_lowers_the_loss_and_reports_every_result(ids, text_and_tokeniz
     assert results["config"]["num_steps"] == 40 and results["config"]["checkpoint_dir"] == str(tmp_path)
     assert read_metrics(results["metrics_path"]) == history
     assert set(history[-1]) == {"step", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "grad_norm",
-                                "tokens_per_second", "elapsed"}
+                                "tokens_per_second", "elapsed", "train_seconds"}
     assert results["final_accuracy"] == history[-1]["accuracy"] > history[0]["accuracy"]
     assert results["final_val_accuracy"] == history[-1]["val_accuracy"] and 0 < results["final_val_accuracy"] < 1
     assert results["checkpoints"]["final"] == str(tmp_path / "checkpoint_final.npz")
