@@ -47,7 +47,7 @@ def optimizer_state_per_element(optimizer, momentum=0.0, name=None, shape=None):
     return len(OPTIMIZER_STATE[optimizer])
 
 
-def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
+def activation_terms(model_config, batch_size, seq_len=None, dtype=None, checkpointing=False):
     """Bytes of the activations ``model.forward(idx, targets)`` keeps for the backward, by term.
 
     B batch, T seq_len, C width, F ffn width, V vocabulary, L layers, H heads, H_kv key/value
@@ -99,6 +99,9 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
     reachable from ``model._cache`` (parameters excluded) equals this formula exactly, and on
     numba and cython too (their kernels return outputs of the same shapes and dtypes, and the
     caches hold the same arrays).
+    With activation checkpointing (``checkpointing=True``) the forward keeps each block's input
+    alone and the backward recomputes one block at a time: "blocks" is then L - 1 kept inputs
+    (s N C each) plus one block's whole cache, and "attention_probs" one layer's.
     Not counted: the backward's transient buffers (dlogits (B T, V), and on numpy_ref one more
     (B T, V) temporary for exp(logits - lse); one block's gradients at a time). A previous
     step's cache is not alive beside this one: ``model.forward`` drops it first.
@@ -111,6 +114,7 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
     q = (heads + 2 * kv_heads) * (c // heads)
     n, d = b * t, 1 if cfg["dropout"] > 0 else 0
     kv_width, mlp = kv_heads * (c // heads), (3 if cfg["mlp_activation"] == "swiglu" else 2) * f
+    kept = layers if not checkpointing else 1  # blocks whose whole cache is alive at once
     logits = s * n * (v + 1 + (v if cfg["logit_softcap"] is not None else 0))
     qk_norm = 0  # per block: QK-norm's rstd and unit gains, and GPT-2's normalised q and k
     if cfg["qk_norm"]:
@@ -121,23 +125,23 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None):
             "token_ids": INDEX_BYTES * 2 * n,
             "rope_tables": s * t * (c // heads),
             "embedding": s * d * n * c,
-            "blocks": layers * (s * n * (6 * c + q + kv_width + mlp + 2 + 2 * d * c) + qk_norm),
-            "attention_probs": layers * s * b * heads * t * t * (1 + 2 * d),
+            "blocks": kept * (s * n * (6 * c + q + kv_width + mlp + 2 + 2 * d * c) + qk_norm) + (layers - kept) * s * n * c,
+            "attention_probs": kept * s * b * heads * t * t * (1 + 2 * d),
             "final_rmsnorm": s * n * (2 * c + 1),
             "logits": logits,
         }
     return {
         "token_ids": INDEX_BYTES * (2 * n + t),
         "embedding": s * d * n * c,
-        "blocks": layers * (s * n * (5 * c + q + mlp + 4 + 2 * d * c) + qk_norm),
-        "attention_probs": layers * s * b * heads * t * t * (1 + 2 * d),
+        "blocks": kept * (s * n * (5 * c + q + mlp + 4 + 2 * d * c) + qk_norm) + (layers - kept) * s * n * c,
+        "attention_probs": kept * s * b * heads * t * t * (1 + 2 * d),
         "final_layernorm": s * n * (2 * c + 2),
         "logits": logits,
     }
 
 
 def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", momentum=0.0, dtype=None,
-                   grad_accum_steps=1):
+                   grad_accum_steps=1, activation_checkpointing=False):
     """Architecture, parameters, FLOPs and training memory of a model config, as a plain dict.
 
     model_config: a model-config dict (``model.config``, a checkpoint's model config, or part of
@@ -152,7 +156,9 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
     "flops_per_step" (training FLOPs of one optimizer step, all its micro-batches), "assumptions"
     {batch_size, seq_len, dtype, optimizer, momentum, grad_accum_steps}, "memory_bytes"
     {"parameters", "gradients", "optimizer_state", "activations", "total"} of one training
-    micro-batch and "activation_bytes" (the activations by term, see ``activation_terms``).
+    micro-batch and "activation_bytes" (the activations by term, see ``activation_terms``), both
+    with activation_checkpointing as given, and "other_checkpointing" {"activation_checkpointing",
+    "activations", "total"}: the same step with it the other way round.
 
     Gradients are one parameter-sized set, two with grad_accum_steps > 1 (the running sum and
     the micro-batch's own, nanollm.train); the optimizer state is
@@ -177,7 +183,7 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
     total = sum(p["count"] for p in parameters.values())
 
     s = DTYPE_BYTES[dtype]
-    activations = activation_terms(cfg, batch_size, t, dtype)
+    activations = activation_terms(cfg, batch_size, t, dtype, checkpointing=activation_checkpointing)
     memory = {
         "parameters": total * s,
         "gradients": total * s * (2 if grad_accum_steps > 1 else 1),
@@ -185,6 +191,9 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
         "activations": sum(activations.values()),
     }
     memory["total"] = sum(memory.values())
+    other = sum(activation_terms(cfg, batch_size, t, dtype, checkpointing=not activation_checkpointing).values())
+    other_checkpointing = {"activation_checkpointing": not activation_checkpointing, "activations": other,
+                           "total": memory["total"] - memory["activations"] + other}
     training, forward = flops_per_token(cfg, t, training=True), flops_per_token(cfg, t, training=False)
     tokens_per_step = batch_size * t * grad_accum_steps
     return {
@@ -199,6 +208,8 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
                         "momentum": float(momentum), "grad_accum_steps": grad_accum_steps},
         "memory_bytes": memory,
         "activation_bytes": activations,
+        "activation_checkpointing": bool(activation_checkpointing),
+        "other_checkpointing": other_checkpointing,
     }
 
 
@@ -288,4 +299,9 @@ def format_description(description):
               f"  total            {format_bytes(memory['total']):>12}",
               "  (the forward's caches for one micro-batch; the backward briefly adds dlogits and one "
               "block's gradients)"]
+    other = d["other_checkpointing"]
+    on = "on" if d["activation_checkpointing"] else "off"
+    lines.append(f"  activation checkpointing {on}; {'off' if on == 'on' else 'on'} "
+                 f"(activation_checkpointing={str(other['activation_checkpointing']).lower()}): activations "
+                 f"{format_bytes(other['activations'])}, total {format_bytes(other['total'])}")
     return "\n".join(lines)

@@ -16,10 +16,17 @@ logits = cap * tanh(logits / cap), zero_init starts the output projections at ze
 
 Every step calls an op from ``nanollm.ops``; ``backward`` calls the same ops' backward
 functions in exactly the reverse order, so the two read as mirror images.
+
+Activation checkpointing (``model.activation_checkpointing = True``, the training config's
+``activation_checkpointing``) keeps only each block's input and the dropout stream's state
+before it; the backward runs the block's forward again just before its backward (llm.c-style
+explicit recompute, no tape): the same arithmetic on the same inputs, so the same gradients,
+bit for bit, for about a third more compute and one block's cache alive instead of L.
 """
 
 import math
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,6 +72,14 @@ NORM_NAMES = {"gpt2": ("ln1", "ln2", "ln_f"), "llama": ("norm1", "norm2", "norm_
 NORM_GAINS = tuple(f"{prefix}.weight" for names in NORM_NAMES.values() for prefix in names)
 
 
+class BlockCheckpoint(NamedTuple):
+    """What activation checkpointing keeps of a block in the forward: enough to run it again."""
+    layer: int
+    x: object             # the block's input (B, T, C)
+    dropout_state: dict   # the dropout stream's state before the block (its masks are drawn again)
+    rope: tuple           # cos, sin (T, hd/2), or None
+
+
 def block_params(architecture, mlp_activation=None):
     """The suffixes of one block's parameters for an architecture (and MLP), in forward order."""
     if architecture != "llama":
@@ -95,6 +110,7 @@ class TransformerLanguageModel:
         self.norm_names = NORM_NAMES[self.architecture]  # prefixes of the block's two norms and the final one
         self._rope_tables = {}  # (dtype, array module) -> (cos, sin), (max_seq_len, hd/2) each
         self.training = True
+        self.activation_checkpointing = False  # keep block inputs only, recompute in the backward (see the docstring)
         seed = int(np.random.randint(2**31 - 1)) if seed is None else seed
         init_rng, dropout_seed = np.random.default_rng(seed), seed + 1
         self.dropout_rng = np.random.default_rng(dropout_seed)
@@ -318,10 +334,16 @@ class TransformerLanguageModel:
             x, add_cache = residual_forward(x, pos)  # (B, T, C)
         x, drop_cache = dropout_forward(x, **drop)
         block_caches = []
+        checkpointing = self.activation_checkpointing and kv_cache is None
         for layer in range(self.num_layers):
             past = None if kv_cache is None else kv_cache.layer(layer)
-            x, cache = self._block_forward(layer, x, rope, past)
-            block_caches.append(cache)
+            if checkpointing:  # the cache is dropped at once; BlockCheckpoint runs the block again
+                kept = BlockCheckpoint(layer, x, self.dropout_rng.bit_generator.state, rope)
+                x, _ = self._block_forward(layer, x, rope)
+                block_caches.append(kept)
+            else:
+                x, cache = self._block_forward(layer, x, rope, past)
+                block_caches.append(cache)
         x, norm_f_cache = self._norm_forward(x, p, self.norm_names[2])
         logits, head_cache = linear_forward(x, self._output_weight())  # (B, T, V)
         softcap_cache = None
@@ -442,7 +464,11 @@ class TransformerLanguageModel:
             dx = dx + dx_value
         dx = self._norm_backward(dx, norm_f_cache, grads, self.norm_names[2])
         for layer in reversed(range(self.num_layers)):
-            dx, block_grads = self._block_backward(dx, block_caches[layer])
+            cache = block_caches[layer]
+            if isinstance(cache, BlockCheckpoint):
+                cache = self._recompute_block(cache)
+            dx, block_grads = self._block_backward(dx, cache)
+            del cache  # one block's cache alive at a time
             grads.update({f"blocks.{layer}.{suffix}": g for suffix, g in block_grads.items()})
         if frozen:  # the embeddings are frozen too: nothing below the first block is needed
             return {name: grads[name] for name in self.trainable}
@@ -478,6 +504,17 @@ class TransformerLanguageModel:
             dx_adapter, grads[a_name], grads[b_name] = lora_backward(dout[..., columns], adapter_cache)
             dx += dx_adapter
         return dx, grads
+
+    def _recompute_block(self, kept):
+        """The caches of a checkpointed block: its forward run again on the kept input with the
+        dropout stream rewound to the state it had then (the same masks), and put back after."""
+        now = self.dropout_rng.bit_generator.state
+        self.dropout_rng.bit_generator.state = kept.dropout_state
+        try:
+            _, caches = self._block_forward(kept.layer, kept.x, kept.rope)
+        finally:
+            self.dropout_rng.bit_generator.state = now
+        return caches
 
     def _block_backward(self, dx, caches):
         """The block's forward read upside down: dx (B, T, C) -> dx (B, T, C), {suffix: grad}."""

@@ -27,9 +27,10 @@ def _base(array):
     return array
 
 
-def cached_activation_bytes(model):
-    """Bytes of every distinct buffer reachable from model._cache: views resolved to their base
-    and counted once; the parameters (the caches refer to the weights) are not activations."""
+def cached_activation_bytes(model, cache=None):
+    """Bytes of every distinct buffer reachable from model._cache (or ``cache``): views resolved
+    to their base and counted once; the parameters (the caches refer to the weights) are not
+    activations."""
     parameters = {id(_base(p)) for p in model.params.values()}
     buffers = {}
 
@@ -45,7 +46,7 @@ def cached_activation_bytes(model):
             for item in obj.values():
                 walk(item)
 
-    walk(model._cache)
+    walk(model._cache if cache is None else cache)
     return sum(buffers.values())
 
 
