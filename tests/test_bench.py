@@ -46,3 +46,15 @@ def test_bench_help_lists_options_with_defaults():
 def test_bad_bench_arguments_are_one_line_errors(args, message):
     done = run_bench(*args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_memory_bench_measures_each_engine_in_its_own_process_shape(monkeypatch):
+    """The GPT-2 124M memory bench's measurement, on a tiny model in this process (the real one takes minutes)."""
+    from nanollm.tools import memory_bench
+
+    monkeypatch.setattr(memory_bench, "GPT2_124M", dict(vocab_size=50, embedding_dim=16, num_layers=2, num_heads=2,
+                                                       ffn_hidden_dim=32, max_seq_len=16))
+    row = memory_bench.measure("nanollm-checkpointed", batch_size=2, steps=2)
+    assert row["engine"] == "nanollm-checkpointed" and row["seq_len"] == 16 and row["steps"] == 2
+    assert row["tokens_per_second"] == pytest.approx(32 / row["seconds_per_step"])
+    assert row["peak_resident_bytes"] >= row["resident_before_model_bytes"] > 0
