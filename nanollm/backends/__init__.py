@@ -26,6 +26,8 @@ PRIMITIVES = (
     "matmul",
     "causal_softmax_forward",
     "causal_softmax_backward",
+    "flash_attention_forward",
+    "flash_attention_backward",
     "layernorm_forward",
     "layernorm_backward",
     "gelu_forward",

@@ -17,6 +17,14 @@ CHOICES = {
     "matmul": (("numpy",), "BLAS sgemm at ~190 GFLOP/s; the Cython blocked matmul reaches ~25 (8x slower)"),
     "causal_softmax_forward": (("numba", "cython", "numpy"), "0.24 / 0.47 / 0.66: masked half skipped, vectorised exp"),
     "causal_softmax_backward": (("cython", "numba", "numpy"), "0.10 / 0.057 / 0.20: masked half skipped"),
+    # fused attention, B=12 H=4 T=64 hd=32 (then T=256; T=1024 at B=4), OpenBLAS on 1 thread (the 2
+    # cores were busy with other runs; `python -m nanollm.tools.attention_bench` compares with unfused)
+    "flash_attention_forward": (("numba", "cython", "numpy"),
+                                "0.83 / 0.77 / 2.3 (T=256: 8.1 / 9.8 / 14; T=1024: 36 / 49 / 43): online softmax, "
+                                "masked key blocks skipped"),
+    "flash_attention_backward": (("numba", "cython", "numpy"),
+                                 "1.9 / 2.1 / 2.8 (T=256: 20 / 29 / 19; T=1024: 97 / 149 / 64): P rebuilt from lse; "
+                                 "numpy_ref's BLAS blocks win from T=256 on"),
     "layernorm_forward": (("numba", "cython", "numpy"), "0.054 / 0.080 / 0.17: two passes per row, no temporaries"),
     "layernorm_backward": (("numba", "cython", "numpy"), "0.076 / 0.093 / 0.29: dx, dweight, dbias in one kernel"),
     "gelu_forward": (("numba", "cython", "numpy"), "0.16 / 0.63 / 0.45: vectorised rational tanh, one pass"),

@@ -52,7 +52,7 @@ if not cupy.cuda.is_available():
     raise ImportError("CuPy is installed but sees no CUDA GPU (cupy.cuda.is_available() is False); check that "
                       "nvidia-smi lists one and that the cupy-cuda wheel matches the driver's CUDA version")
 
-from nanollm.backends import cuda
+from nanollm.backends import cuda, numpy_ref
 
 ROW_THREADS = 512  # threads per block of a row-wise kernel, at most (a warp for rows of <= 32)
 THREADS = 256  # threads per block of the elementwise and column kernels
@@ -181,6 +181,37 @@ def causal_softmax_backward(dprobs, probs, scale):
                  (_input("dprobs", dprobs, dtype, probs.shape), probs, dscores, np.int64(num_queries),
                   np.int64(num_keys), _scalar(scale, dtype)))
     return dscores
+
+
+# ----------------------------------------------------------------------------- fused causal attention
+# No CUDA kernel yet: numpy_ref's blocked version on device arrays (cuBLAS products, CuPy's
+# elementwise kernels), a block of query rows at a time, so its scores never exceed
+# (B, H_kv, G, numpy_ref.FLASH_QUERY_BLOCK, Tk). Half precision computes in float32, like the
+# kernels, and rounds the outputs once; lse is float32 then (a statistic). Measured on an H200,
+# float32 forward + backward, H=4 hd=32: 1.5 ms against the unfused path's 0.74 at T=64 B=12,
+# 15 against 0.78 at T=1024 B=4, 33 against 8.8 at T=4096 B=4 (memory pool 1.4 GiB against
+# 4.2): it saves memory but loses time to its many small launches, until a fused kernel replaces it.
+
+
+def _flash_arrays(*arrays):
+    """Device copies of the float arrays (None stays None) in the compute type of the first one's dtype."""
+    dtype = _float_dtype("q", arrays[0])
+    compute = _stat_dtype(dtype)
+    return dtype, [None if a is None else cupy.asarray(a).astype(compute, copy=False) for a in arrays]
+
+
+def flash_attention_forward(q, k, v, scale, mask=None):
+    """-> out (B, H_kv, G, Tq, hd) in q's dtype, lse (B, H_kv, G, Tq) (see numpy_ref)."""
+    dtype, (q, k, v, mask) = _flash_arrays(q, k, v, mask)
+    out, lse = numpy_ref.flash_attention_forward(q, k, v, scale, mask)
+    return out.astype(dtype, copy=False), lse
+
+
+def flash_attention_backward(dout, q, k, v, out, lse, scale, mask=None):
+    """-> dq, dk, dv in q's dtype (see numpy_ref)."""
+    dtype, (q, dout, k, v, out, lse, mask) = _flash_arrays(q, dout, k, v, out, lse, mask)
+    grads = numpy_ref.flash_attention_backward(dout, q, k, v, out, lse, scale, mask)
+    return tuple(g.astype(dtype, copy=False) for g in grads)
 
 
 # ----------------------------------------------------------------------------- layernorm and RMSNorm

@@ -17,7 +17,8 @@ Rules the kernels keep:
   (kernels/fastmath.pxd); elsewhere exp is libc's, one call per element, so cross-entropy is
   slower than NumPy's SIMD np.exp.
 - One core: the loops release the GIL but do not spread rows over threads (no OpenMP).
-- Rows of the causal softmax never touch their masked (future) half.
+- Rows of the causal softmax never touch their masked (future) half; the fused attention
+  (kernels/flash_attention.pyx) never holds a (Tq, Tk) array.
 
 Shapes: ``...`` is any number of leading axes; the wrapper flattens them to rows (N, C) (RoPE:
 to (M, T, hd), M the leading axes).
@@ -28,6 +29,7 @@ import math
 import numpy as np
 
 from nanollm.backends import (
+    _flash_attention,
     _gelu,
     _layernorm,
     _matmul,
@@ -98,6 +100,43 @@ def causal_softmax_backward(dprobs, probs, scale):
     dscores = np.empty_like(p)
     _softmax.causal_softmax_backward(_stack(dprobs, dtype), p, float(scale), dscores)
     return dscores.reshape(np.shape(probs))
+
+
+# ----------------------------------------------------------------------------- fused causal attention
+
+
+def _flash_inputs(q, k, v, mask):
+    """Contiguous (M, Tq, hd) queries, (M / G, Tk, hd) keys and values, (M, Tq, Tk) mask (a
+    (1, 1, 1) placeholder for None) of one float dtype, and G = q.shape[2] (the kernel checks
+    the shapes)."""
+    dtype = _dtype(q=q, k=k, v=v)
+    if np.ndim(q) != 5 or np.ndim(k) != 5 or np.ndim(v) != 5:
+        raise ValueError(f"flash attention needs q (B, H_kv, G, Tq, hd), k and v (B, H_kv, 1, Tk, hd); got q "
+                         f"{np.shape(q)}, k {np.shape(k)}, v {np.shape(v)}")
+    qs, ks, vs = _stack(q, dtype), _stack(k, dtype), _stack(v, dtype)
+    ms = np.zeros((1, 1, 1), dtype=dtype) if mask is None else _stack(mask, dtype)
+    return qs, ks, vs, ms, np.shape(q)[2], dtype
+
+
+def flash_attention_forward(q, k, v, scale, mask=None):
+    """Fused causal attention -> out (B, H_kv, G, Tq, hd), lse (B, H_kv, G, Tq) (see numpy_ref),
+    without the (Tq, Tk) probabilities: an online softmax over the visible key blocks."""
+    qs, ks, vs, ms, group, dtype = _flash_inputs(q, k, v, mask)
+    out = np.zeros_like(qs)
+    lse = np.empty(qs.shape[:2], dtype=dtype)
+    _flash_attention.flash_attention_forward(qs, ks, vs, float(scale), ms, mask is not None, group, out, lse)
+    return out.reshape(np.shape(q)), lse.reshape(np.shape(q)[:-1])
+
+
+def flash_attention_backward(dout, q, k, v, out, lse, scale, mask=None):
+    """-> dq (B, H_kv, G, Tq, hd), dk, dv (B, H_kv, 1, Tk, hd) (see numpy_ref): the probabilities
+    rebuilt from lse, block by block."""
+    qs, ks, vs, ms, group, dtype = _flash_inputs(q, k, v, mask)
+    dq, dk, dv = np.zeros_like(qs), np.zeros_like(ks), np.zeros_like(vs)
+    _flash_attention.flash_attention_backward(_stack(dout, dtype), qs, ks, vs, _stack(out, dtype),
+                                              _rows(lse, dtype), float(scale), ms, mask is not None, group,
+                                              dq, dk, dv)
+    return dq.reshape(np.shape(q)), dk.reshape(np.shape(k)), dv.reshape(np.shape(v))
 
 
 # ----------------------------------------------------------------------------- layernorm

@@ -50,6 +50,94 @@ def causal_softmax_backward(dprobs, probs, scale):
     return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True)) * probs.dtype.type(scale)
 
 
+FLASH_QUERY_BLOCK = 128  # query rows per block of the fused attention below
+
+
+def _flash_blocks(num_queries, num_keys):
+    """(start, stop, visible) per block of query rows: rows start .. stop-1 see at most keys
+    0 .. visible-1 (the last row of the block sees exactly those), so keys from visible on are
+    never touched. The block's rows are the last stop - start of those visible keys' positions,
+    which is what _causal_mask(stop - start, visible) masks."""
+    for start in range(0, num_queries, FLASH_QUERY_BLOCK):
+        stop = min(start + FLASH_QUERY_BLOCK, num_queries)
+        yield start, stop, num_keys - num_queries + stop
+
+
+def _flash_scores(q_block, k, visible, scale):
+    """Scaled, causally masked scores of a block of query rows against keys 0 .. visible-1:
+    q_block (..., Tb, hd) @ k (..., visible, hd)^T * scale, -inf where a key is in a row's future."""
+    xp = array_module(q_block)
+    scores = matmul(q_block, k[..., :visible, :].swapaxes(-1, -2)) * q_block.dtype.type(scale)
+    return xp.where(_causal_mask(xp, q_block.shape[-2], visible), -np.inf, scores)
+
+
+def flash_attention_forward(q, k, v, scale, mask=None):
+    """Fused causal attention (FlashAttention-2's contract), without the (Tq, Tk) probabilities.
+
+    q (B, H_kv, G, Tq, hd), k and v (B, H_kv, 1, Tk, hd): G query heads share each key/value
+    head (GQA; ops/attention.py's _split_heads layout), and query i sits at absolute position
+    Tk - Tq + i (Tq < Tk: a KV cache). mask: None, or the dropout multiplier (B, H_kv, G, Tq, Tk)
+    (0 or 1 / (1 - p)) applied to the probabilities before they weigh the values.
+    Returns out (B, H_kv, G, Tq, hd) and lse (B, H_kv, G, Tq):
+
+        S = scale * q k^T, masked to the past;  lse = log(sum_j exp(S_ij));  P = exp(S - lse)
+        out = (P * mask) v
+
+    lse is that of the undropped softmax: with it the backward rebuilds P exactly, so nothing
+    of size Tq x Tk is kept between the two passes. This specification goes a block of query
+    rows at a time: a block sees every key it may attend to at once, so its rows take an
+    ordinary softmax over them (the kernels' online softmax over key blocks, with its running
+    max and sum, is the same number computed in pieces) and only its (block, visible) scores
+    exist at any moment."""
+    xp = array_module(q)
+    out = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype)
+    lse = xp.empty(q.shape[:-1], dtype=q.dtype)
+    for start, stop, visible in _flash_blocks(q.shape[-2], k.shape[-2]):
+        scores = _flash_scores(q[..., start:stop, :], k, visible, scale)  # (B, H_kv, G, Tb, visible)
+        row_max = scores.max(axis=-1, keepdims=True)  # finite: every row sees its own key
+        e = xp.exp(scores - row_max)
+        total = e.sum(axis=-1, keepdims=True)
+        probs = e / total
+        if mask is not None:
+            probs = probs * mask[..., start:stop, :visible]
+        out[..., start:stop, :] = matmul(probs, v[..., :visible, :])
+        lse[..., start:stop] = (row_max + xp.log(total))[..., 0]
+    return out, lse
+
+
+def flash_attention_backward(dout, q, k, v, out, lse, scale, mask=None):
+    """Gradients of flash_attention_forward: dq (B, H_kv, G, Tq, hd), dk and dv (B, H_kv, 1, Tk, hd).
+
+    P = exp(S - lse) is recomputed from the saved lse, block by block, and with Pd = P * mask
+    (P itself without dropout), FlashAttention-2's backward is:
+
+        dv = Pd^T dout                 dP = (dout v^T) * mask
+        D = rowsum(dout * out)         (= rowsum(P * dP): out = Pd v, so dout . out_i = sum_j P_ij dP_ij)
+        dS = P * (dP - D)              (the softmax backward, with D in place of rowsum(P * dP))
+        dq = scale dS k                dk = scale dS^T q
+
+    dk and dv are summed over the G query heads that share each key/value head."""
+    xp = array_module(q)
+    f = q.dtype.type
+    dq = xp.empty(q.shape, dtype=q.dtype)
+    dk = xp.zeros(k.shape, dtype=q.dtype)
+    dv = xp.zeros(v.shape, dtype=q.dtype)
+    delta = (dout * out).sum(axis=-1)  # (B, H_kv, G, Tq)
+    for start, stop, visible in _flash_blocks(q.shape[-2], k.shape[-2]):
+        q_block, dout_block = q[..., start:stop, :], dout[..., start:stop, :]
+        probs = xp.exp(_flash_scores(q_block, k, visible, scale) - lse[..., start:stop, None])  # 0 where masked
+        dprobs = matmul(dout_block, v[..., :visible, :].swapaxes(-1, -2))  # (B, H_kv, G, Tb, visible)
+        dropped = probs
+        if mask is not None:
+            block_mask = mask[..., start:stop, :visible]
+            dropped, dprobs = probs * block_mask, dprobs * block_mask
+        dv[..., :visible, :] += matmul(dropped.swapaxes(-1, -2), dout_block).sum(axis=2, keepdims=True)
+        dscores = probs * (dprobs - delta[..., start:stop, None]) * f(scale)
+        dq[..., start:stop, :] = matmul(dscores, k[..., :visible, :])
+        dk[..., :visible, :] += matmul(dscores.swapaxes(-1, -2), q_block).sum(axis=2, keepdims=True)
+    return dq, dk, dv
+
+
 def layernorm_forward(x, weight, bias, eps=1e-5):
     """x (..., C) -> out (..., C), mean (...), rstd (...): normalise over C, then scale and shift."""
     mean = x.mean(axis=-1)

@@ -11,6 +11,7 @@ from nanollm.ops.attention import attention_backward, attention_forward
 from nanollm.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from nanollm.ops.dropout import dropout_backward, dropout_forward
 from nanollm.ops.embedding import embedding_backward, embedding_forward
+from nanollm.ops.flash_attention import flash_attention_backward, flash_attention_forward
 from nanollm.ops.gelu import gelu_backward, gelu_forward
 from nanollm.ops.layernorm import layernorm_backward, layernorm_forward
 from nanollm.ops.linear import linear_backward, linear_forward
@@ -25,6 +26,7 @@ __all__ = [
     "cross_entropy_backward", "cross_entropy_forward",
     "dropout_backward", "dropout_forward",
     "embedding_backward", "embedding_forward",
+    "flash_attention_backward", "flash_attention_forward",
     "gelu_backward", "gelu_forward",
     "layernorm_backward", "layernorm_forward",
     "linear_backward", "linear_forward",
