@@ -236,7 +236,8 @@ def cmd_info(args):
     description = describe_model(model_config, batch_size=cfg["batch_size"], seq_len=cfg["max_seq_len"],
                                  optimizer=cfg["optimizer"], momentum=cfg["momentum"], dtype=cfg["dtype"],
                                  grad_accum_steps=cfg["grad_accum_steps"],
-                                 activation_checkpointing=cfg["activation_checkpointing"])
+                                 activation_checkpointing=cfg["activation_checkpointing"],
+                                 fused_attention=cfg["fused_attention"])
     if args.json:
         print(json.dumps(description, indent=2))
     else:

@@ -106,6 +106,7 @@ DEFAULTS = {
     "dtype": None,                # float32, float64, or float16 / bfloat16 compute with float32 master weights (None: the model's)
     "backend": None,              # numpy, numba, cython, auto (CPU) or cupy (GPU) (None: the current one, auto by default)
     "activation_checkpointing": False,  # keep only each block's input, recompute the block in the backward: the same gradients, ~1/3 more compute, far less memory
+    "fused_attention": False,     # attention in one fused kernel that keeps no T x T probabilities (FlashAttention-2): less memory at long T, slower than BLAS on small CPUs
     "seed": 1337,                 # seeds batches, dropout and, for new models, the weights
     # ---- data parallel (mpiexec -n N; see nanollm.distributed) ----
     "param_check_interval": 100,  # steps between checks that every rank holds the same parameters (0: start and end only)

@@ -47,7 +47,7 @@ def optimizer_state_per_element(optimizer, momentum=0.0, name=None, shape=None):
     return len(OPTIMIZER_STATE[optimizer])
 
 
-def activation_terms(model_config, batch_size, seq_len=None, dtype=None, checkpointing=False):
+def activation_terms(model_config, batch_size, seq_len=None, dtype=None, checkpointing=False, fused_attention=False):
     """Bytes of the activations ``model.forward(idx, targets)`` keeps for the backward, by term.
 
     B batch, T seq_len, C width, F ffn width, V vocabulary, L layers, H heads, H_kv key/value
@@ -102,6 +102,9 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None, checkpo
     With activation checkpointing (``checkpointing=True``) the forward keeps each block's input
     alone and the backward recomputes one block at a time: "blocks" is then L - 1 kept inputs
     (s N C each) plus one block's whole cache, and "attention_probs" one layer's.
+    With fused attention (``fused_attention=True``) "attention_probs" holds no T x T array: each
+    row's log-sum-exp and the attention output (s (B H T + N C)), plus the dropout mask when
+    there is dropout (s B H T^2).
     Not counted: the backward's transient buffers (dlogits (B T, V), and on numpy_ref one more
     (B T, V) temporary for exp(logits - lse); one block's gradients at a time). A previous
     step's cache is not alive beside this one: ``model.forward`` drops it first.
@@ -115,6 +118,9 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None, checkpo
     n, d = b * t, 1 if cfg["dropout"] > 0 else 0
     kv_width, mlp = kv_heads * (c // heads), (3 if cfg["mlp_activation"] == "swiglu" else 2) * f
     kept = layers if not checkpointing else 1  # blocks whose whole cache is alive at once
+    probs = s * b * heads * t * t * (1 + 2 * d)  # one layer's probabilities (and dropout's mask and output)
+    if fused_attention:
+        probs = s * (b * heads * t + n * c + d * b * heads * t * t)
     logits = s * n * (v + 1 + (v if cfg["logit_softcap"] is not None else 0))
     qk_norm = 0  # per block: QK-norm's rstd and unit gains, and GPT-2's normalised q and k
     if cfg["qk_norm"]:
@@ -126,7 +132,7 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None, checkpo
             "rope_tables": s * t * (c // heads),
             "embedding": s * d * n * c,
             "blocks": kept * (s * n * (6 * c + q + kv_width + mlp + 2 + 2 * d * c) + qk_norm) + (layers - kept) * s * n * c,
-            "attention_probs": kept * s * b * heads * t * t * (1 + 2 * d),
+            "attention_probs": kept * probs,
             "final_rmsnorm": s * n * (2 * c + 1),
             "logits": logits,
         }
@@ -134,14 +140,14 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None, checkpo
         "token_ids": INDEX_BYTES * (2 * n + t),
         "embedding": s * d * n * c,
         "blocks": kept * (s * n * (5 * c + q + mlp + 4 + 2 * d * c) + qk_norm) + (layers - kept) * s * n * c,
-        "attention_probs": kept * s * b * heads * t * t * (1 + 2 * d),
+        "attention_probs": kept * probs,
         "final_layernorm": s * n * (2 * c + 2),
         "logits": logits,
     }
 
 
 def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", momentum=0.0, dtype=None,
-                   grad_accum_steps=1, activation_checkpointing=False):
+                   grad_accum_steps=1, activation_checkpointing=False, fused_attention=False):
     """Architecture, parameters, FLOPs and training memory of a model config, as a plain dict.
 
     model_config: a model-config dict (``model.config``, a checkpoint's model config, or part of
@@ -183,7 +189,8 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
     total = sum(p["count"] for p in parameters.values())
 
     s = DTYPE_BYTES[dtype]
-    activations = activation_terms(cfg, batch_size, t, dtype, checkpointing=activation_checkpointing)
+    activations = activation_terms(cfg, batch_size, t, dtype, checkpointing=activation_checkpointing,
+                                   fused_attention=fused_attention)
     memory = {
         "parameters": total * s,
         "gradients": total * s * (2 if grad_accum_steps > 1 else 1),
@@ -191,7 +198,8 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
         "activations": sum(activations.values()),
     }
     memory["total"] = sum(memory.values())
-    other = sum(activation_terms(cfg, batch_size, t, dtype, checkpointing=not activation_checkpointing).values())
+    other = sum(activation_terms(cfg, batch_size, t, dtype, checkpointing=not activation_checkpointing,
+                                 fused_attention=fused_attention).values())
     other_checkpointing = {"activation_checkpointing": not activation_checkpointing, "activations": other,
                            "total": memory["total"] - memory["activations"] + other}
     training, forward = flops_per_token(cfg, t, training=True), flops_per_token(cfg, t, training=False)
@@ -209,6 +217,7 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
         "memory_bytes": memory,
         "activation_bytes": activations,
         "activation_checkpointing": bool(activation_checkpointing),
+        "fused_attention": bool(fused_attention),
         "other_checkpointing": other_checkpointing,
     }
 

@@ -111,6 +111,7 @@ class TransformerLanguageModel:
         self._rope_tables = {}  # (dtype, array module) -> (cos, sin), (max_seq_len, hd/2) each
         self.training = True
         self.activation_checkpointing = False  # keep block inputs only, recompute in the backward (see the docstring)
+        self.fused_attention = False  # attention through the fused primitive (ops/attention.py): no T x T probabilities kept
         seed = int(np.random.randint(2**31 - 1)) if seed is None else seed
         init_rng, dropout_seed = np.random.default_rng(seed), seed + 1
         self.dropout_rng = np.random.default_rng(dropout_seed)
@@ -417,7 +418,8 @@ class TransformerLanguageModel:
         a, caches["attn"] = attention_forward(qkv, self.num_heads, self.num_kv_heads, dropout=self.dropout,
                                               rng=self.dropout_rng, training=self.training,
                                               rope=rope, past=past,
-                                              qk_norm_eps=self.norm_eps if self.qk_norm else None)  # (B, T, C)
+                                              qk_norm_eps=self.norm_eps if self.qk_norm else None,
+                                              fused=self.fused_attention)  # (B, T, C)
         a, caches["proj"] = self._linear_forward(a, p, "attn.proj")
         a, caches["drop1"] = dropout_forward(a, **drop)
         x, caches["res1"] = residual_forward(x, a)

@@ -418,6 +418,7 @@ def _run(model, tokens, cfg, val_tokens, tokenizer, comm):
         _check_precision(cfg)
         model.to_device(backends.device_module())  # the parameters live where the backend computes
         model.activation_checkpointing = cfg["activation_checkpointing"]
+        model.fused_attention = cfg["fused_attention"]
         trainer = Trainer(model, train, val, cfg, seq_len, tokenizer, folder, comm)
         state = trainer.state
         if resume is not None:

@@ -156,7 +156,8 @@ ACTIVATION_CASES = [  # (model config, B, T)
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba", "cython"])
 @pytest.mark.parametrize("config, batch, time_steps", ACTIVATION_CASES)
-def test_activation_estimate_matches_what_the_forward_caches(backend_name, config, batch, time_steps):
+@pytest.mark.parametrize("fused", [False, True])
+def test_activation_estimate_matches_what_the_forward_caches(backend_name, config, batch, time_steps, fused):
     reason = backends.available()[backend_name]
     if reason is not None:
         pytest.skip(reason)
@@ -164,6 +165,7 @@ def test_activation_estimate_matches_what_the_forward_caches(backend_name, confi
     backends.use(backend_name)
     try:
         model = TransformerLanguageModel(**config, seed=0)
+        model.fused_attention = fused
         rng = np.random.default_rng(0)
         idx = rng.integers(0, config["vocab_size"], size=(batch, time_steps))
         targets = rng.integers(0, config["vocab_size"], size=(batch, time_steps))
@@ -171,6 +173,6 @@ def test_activation_estimate_matches_what_the_forward_caches(backend_name, confi
         measured = cached_activation_bytes(model)
     finally:
         backends.use(previous)
-    estimated = describe_model(config, batch_size=batch, seq_len=time_steps)["memory_bytes"]["activations"]
-    assert estimated == sum(activation_terms(config, batch, time_steps).values())
-    assert abs(estimated - measured) <= 0.1 * measured, (estimated, measured)
+    estimated = describe_model(config, batch_size=batch, seq_len=time_steps,
+                               fused_attention=fused)["memory_bytes"]["activations"]
+    assert estimated == sum(activation_terms(config, batch, time_steps, fused_attention=fused).values()) == measured

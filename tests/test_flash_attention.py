@@ -214,3 +214,50 @@ def test_attention_bench_prints_both_engines(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "fused ms" in lines[1] and "unfused ms" in lines[1]
     assert lines[2].split()[:2] == ["16", "12"] and "KiB" in lines[2]
+
+
+# ----------------------------------------------------------------------------- in the model
+
+
+@pytest.mark.parametrize("settings", [
+    dict(architecture="gpt2", dropout=0.2, num_kv_heads=2),
+    dict(architecture="llama", qk_norm=True, tie_embeddings=False),
+    dict(architecture="llama", num_kv_heads=1, mlp_activation="relu2"),
+])
+def test_the_model_with_fused_attention_equals_the_unfused_path(backend, settings):
+    from nanollm import GPT
+    from nanollm.gradcheck import check_gradients
+
+    model = GPT(vocab_size=11, embedding_dim=16, num_layers=2, num_heads=4, max_seq_len=8, dtype="float64", seed=0,
+                rope_base=50.0, **settings)
+    rng = np.random.default_rng(0)
+    for p in model.params.values():  # away from the init: every path carries a gradient worth checking
+        p += rng.normal(0.0, 0.3, size=p.shape)
+    idx, targets = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
+
+    def loss(fused, checkpointing=False):
+        model.fused_attention, model.activation_checkpointing = fused, checkpointing
+        model.dropout_rng = np.random.default_rng(5)  # the same dropout masks each time
+        return model.forward(idx, targets)[1]
+
+    unfused_loss = loss(False)
+    unfused = model.backward()
+    for checkpointing in (False, True):
+        assert loss(True, checkpointing) == pytest.approx(unfused_loss, rel=1e-13)
+        grads = model.backward()
+        for name in unfused:
+            np.testing.assert_allclose(grads[name], unfused[name], rtol=1e-10, atol=1e-13, err_msg=name)
+    errors = check_gradients(lambda: loss(True), model.params, grads)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_generation_with_fused_attention_and_the_kv_cache_matches():
+    from nanollm import GPT
+    from nanollm.generate import generate_ids
+
+    model = GPT(vocab_size=11, embedding_dim=16, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=12,
+                architecture="llama", seed=0)
+    plain = generate_ids(model, [1, 2, 3], 6, temperature=0)
+    model.fused_attention = True
+    assert generate_ids(model, [1, 2, 3], 6, temperature=0) == plain
+    assert generate_ids(model, [1, 2, 3], 6, temperature=0, use_cache=False) == plain
