@@ -155,7 +155,12 @@ def test_nanollm_rl_warms_up_post_trains_and_reports_before_and_after(tmp_path):
     assert {"reward_after", "seconds", "config", "heldout_prompts"} <= set(record)
     assert (tmp_path / "dpo" / "warmup" / "checkpoint_final.npz").exists()
     nanollm("rl", "--algorithm", "grpo", "--task", "capitalise", "--init-from", "dpo/warmup", "--out", "grpo", *quick)
-    assert json.loads((tmp_path / "grpo" / "rl_results.json").read_text())["init_from"] == "dpo/warmup"
+    grpo = json.loads((tmp_path / "grpo" / "rl_results.json").read_text())
+    assert grpo["init_from"] == "dpo/warmup"
+    # GRPO's measured recipe where the command line is silent; DPO keeps the shared defaults
+    assert (grpo["config"]["learning_rate"], grpo["config"]["rl_temperature"]) == (2e-5, 0.7)
+    assert (record["config"]["learning_rate"], record["config"]["rl_temperature"]) == (1e-5, 1.0)
+    assert grpo["config"]["rl_prompts_per_step"] == 2  # the command line wins
     sampled = nanollm("sample", "--checkpoint", "grpo", "--prompt", "hello", "--max-new-tokens", "5",
                       "--num-samples", "1")
     assert sampled.stdout.strip()
