@@ -32,7 +32,7 @@ def numerical_gradient(f, x, h=1e-4):
         return float(f())
 
     for i in range(flat_x.size):
-        original = flat_x[i]
+        original = flat_x[i].copy()  # a value, not a view (CuPy's flat_x[i] is a 0-d view)
         near = f_at(i, original + h) - f_at(i, original - h)
         far = f_at(i, original + 2 * h) - f_at(i, original - 2 * h)
         flat_x[i] = original

@@ -263,6 +263,20 @@ def test_out_of_range_targets_give_nan_and_out_of_range_ids_are_skipped():
     np.testing.assert_array_equal(table, [[1, 1], [0, 0]])
 
 
+def test_embedding_backward_adds_in_row_order_so_its_bits_repeat():
+    """Many rows onto few ids (where atomicAdd's order would vary): the same bits every call, and
+    those of a sequential float32 sum in row order."""
+    rng = np.random.default_rng(0)
+    dout = rng.normal(size=(4096, 3)).astype(np.float32)
+    ids = rng.integers(0, 5, 4096)
+    tables = [cupy.asnumpy(gpu.embedding_backward(cupy.asarray(dout), cupy.asarray(ids), 5)) for _ in range(3)]
+    sequential = np.zeros((5, 3), dtype=np.float32)
+    for row, token in zip(dout, ids):
+        sequential[token] += row
+    for table in tables:
+        np.testing.assert_array_equal(table, sequential)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(st.integers(1, 6), st.integers(1, 7), st.integers(1, 7), seeds)
 def test_matmul_matches_numpy_ref(dtype, m, k, n, seed):

@@ -62,7 +62,14 @@ MAX_STRIPS = 1024  # ... and at most this many strips of partial sums, added up 
 PARTIALS = 1024  # sum_of_squares: partial sums (blocks), at most
 
 
-matmul = cupy.matmul  # cuBLAS
+def matmul(a, b):
+    """a (..., M, K) @ b (..., K, N) through cuBLAS. CuPy's matmul takes no bfloat16, so bfloat16
+    operands are widened to float32 (exactly), multiplied with float32 sums, as a bfloat16
+    GEMM accumulates, and the product is rounded to the result dtype."""
+    if "bfloat16" not in (a.dtype.name, b.dtype.name):
+        return cupy.matmul(a, b)
+    result = np.result_type(a.dtype, b.dtype)
+    return cupy.matmul(a.astype(cupy.float32), b.astype(cupy.float32)).astype(result)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -398,17 +405,20 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
 
 
 def embedding_backward(dout, ids, num_embeddings):
-    """Scatter-add the rows of dout (N, C) into a zeroed (num_embeddings, C) table at rows ids
-    (N,), with atomicAdd (see numpy_ref). Half-precision dout adds into a float32 table, cast
-    back at the end. Ids outside the table are skipped."""
+    """The rows of dout (N, C) summed into a (num_embeddings, C) table at rows ids (N,) (see
+    numpy_ref), each table row's occurrences added in row order (sums in float32 for half
+    dout): a stable sort by id lines them up, so the result repeats bit for bit, as bit-exact
+    resume needs. Ids outside the table are skipped."""
     dtype = _float_dtype("dout", dout)
     dout = _rows(_device(dout, dtype))  # (N, C)
     n, channels = dout.shape
-    dtable = cupy.zeros((num_embeddings, channels), dtype=_stat_dtype(dtype))  # (V, C)
-    _launch_flat("embedding_backward", (dtype,), dout.size,
-                 (dout, _indices("ids", ids, n), dtable, np.int64(dout.size), np.int64(channels),
-                  np.int64(num_embeddings)))
-    return dtable.astype(dtype, copy=False)
+    ids = _indices("ids", ids, n)
+    order = cupy.argsort(ids)  # stable: equal ids keep their row order
+    starts = cupy.searchsorted(ids[order], cupy.arange(num_embeddings + 1, dtype=cupy.int64))  # (V + 1,)
+    dtable = cupy.empty((num_embeddings, channels), dtype=dtype)  # (V, C)
+    _launch_flat("embedding_backward", (dtype,), dtable.size,
+                 (dout, order, starts, dtable, np.int64(channels), np.int64(num_embeddings)))
+    return dtable
 
 
 # ----------------------------------------------------------------------------- optimizer and norm

@@ -21,8 +21,10 @@
 //   block_max). blockDim.x is a multiple of 32, at most 1024 (the wrapper picks it).
 // - Elementwise ops run a grid-stride loop over a flat 64-bit index.
 // - Inputs are C-contiguous; the wrapper flattens (..., C) to rows (N, C).
-// - Row sums here add in a fixed order, so results repeat bit for bit; the exception is
-//   embedding_backward, whose atomicAdd makes the order (and so the last bits) vary run to run.
+// - Sums here add in a fixed order, so results repeat bit for bit (embedding_backward too: it
+//   adds each row's occurrences in position order, not with atomicAdd, whose order varies).
+// - A product that a kernel computes twice (in two loops) is rounded on its own (mul_rn), so the
+//   compiler cannot fuse one copy into an FMA and not the other.
 
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -57,6 +59,9 @@ __device__ __forceinline__ float math_abs(float x) { return fabsf(x); }
 __device__ __forceinline__ double math_abs(double x) { return fabs(x); }
 __device__ __forceinline__ float math_max(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double math_max(double a, double b) { return fmax(a, b); }
+// a * b rounded on its own, never contracted into an FMA with a following add.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 // -infinity and NaN by their bits (NVRTC has no math.h for INFINITY and NAN).
 template <typename A> __device__ __forceinline__ A minus_infinity();
@@ -216,13 +221,13 @@ __device__ void layernorm_backward_dx(const T* dout, const T* x, const T* weight
     const A row_mean = mean[blockIdx.x], row_rstd = rstd[blockIdx.x];
     A sum_g = 0, sum_g_xhat = 0;
     for (long long j = threadIdx.x; j < cols; j += blockDim.x) {
-        const A g = widen(dout[j]) * widen(weight[j]);
+        const A g = mul_rn(widen(dout[j]), widen(weight[j]));
         sum_g += g;
-        sum_g_xhat += g * (widen(x[j]) - row_mean) * row_rstd;
+        sum_g_xhat += g * mul_rn(widen(x[j]) - row_mean, row_rstd);
     }
     const A mean_g = block_sum(sum_g) / A(cols), mean_g_xhat = block_sum(sum_g_xhat) / A(cols);
     for (long long j = threadIdx.x; j < cols; j += blockDim.x) {
-        const A g = widen(dout[j]) * widen(weight[j]), xhat = (widen(x[j]) - row_mean) * row_rstd;
+        const A g = mul_rn(widen(dout[j]), widen(weight[j])), xhat = mul_rn(widen(x[j]) - row_mean, row_rstd);
         dx[j] = narrow<T>(row_rstd * (g - mean_g - xhat * mean_g_xhat));
     }
 }
@@ -310,10 +315,10 @@ __device__ void rmsnorm_backward_dx(const T* dout, const T* x, const T* weight, 
     const A row_rstd = rstd[blockIdx.x];
     A sum_g_xhat = 0;
     for (long long j = threadIdx.x; j < cols; j += blockDim.x)
-        sum_g_xhat += widen(dout[j]) * widen(weight[j]) * widen(x[j]) * row_rstd;
+        sum_g_xhat += mul_rn(widen(dout[j]), widen(weight[j])) * mul_rn(widen(x[j]), row_rstd);
     const A mean_g_xhat = block_sum(sum_g_xhat) / A(cols);
     for (long long j = threadIdx.x; j < cols; j += blockDim.x) {
-        const A g = widen(dout[j]) * widen(weight[j]), xhat = widen(x[j]) * row_rstd;
+        const A g = mul_rn(widen(dout[j]), widen(weight[j])), xhat = mul_rn(widen(x[j]), row_rstd);
         dx[j] = narrow<T>(row_rstd * (g - xhat * mean_g_xhat));
     }
 }
@@ -481,23 +486,26 @@ FOR_EACH_TYPE(STAMP_CROSS_ENTROPY_BACKWARD)
 
 // ----------------------------------------------------------------------------- embedding
 
-// dtable[ids[r], c] += dout[r, c], elementwise over dout (rows, C) with atomicAdd, so a token
-// that occurs several times collects every occurrence. The table (V, C) is in the compute type
-// (float32 for half inputs: the wrapper casts it back) and must start zeroed. Ids outside
-// 0..V-1 are skipped (NumPy would raise an IndexError; a kernel cannot).
+// dtable[v, c] = the sum of dout[r, c] over the rows r whose id is v, added in row order, so
+// the bits repeat run to run (atomicAdd's order, and so its last bits, would vary). The wrapper
+// sorts the rows by id, stably: order (rows,) lists them, and rows order[starts[v]] ..
+// order[starts[v + 1] - 1] are v's. One thread per table element (V, C); consecutive threads
+// read consecutive channels of a row. Ids outside 0..V-1 fall outside every segment: skipped.
 template <typename T>
-__device__ void embedding_backward(const T* dout, const long long* ids, acc_t<T>* dtable, long long n,
+__device__ void embedding_backward(const T* dout, const long long* order, const long long* starts, T* dtable,
                                    long long channels, long long num_embeddings) {
-    GRID_STRIDE_LOOP(i, n) {
-        const long long id = ids[i / channels];
-        if (id >= 0 && id < num_embeddings) atomicAdd(&dtable[id * channels + i % channels], widen(dout[i]));
+    GRID_STRIDE_LOOP(i, num_embeddings * channels) {
+        const long long v = i / channels, c = i % channels;
+        acc_t<T> total = 0;
+        for (long long s = starts[v]; s < starts[v + 1]; s++) total += widen(dout[order[s] * channels + c]);
+        dtable[i] = narrow<T>(total);
     }
 }
 #define STAMP_EMBEDDING_BACKWARD(T, S)                                                                     \
-    extern "C" __global__ void embedding_backward_##S(const T* dout, const long long* ids, acc_t<T>* dtable, \
-                                                      long long n, long long channels,                     \
+    extern "C" __global__ void embedding_backward_##S(const T* dout, const long long* order,               \
+                                                      const long long* starts, T* dtable, long long channels, \
                                                       long long num_embeddings) {                          \
-        embedding_backward(dout, ids, dtable, n, channels, num_embeddings);                                \
+        embedding_backward(dout, order, starts, dtable, channels, num_embeddings);                         \
     }
 FOR_EACH_TYPE(STAMP_EMBEDDING_BACKWARD)
 
