@@ -375,8 +375,10 @@ def cmd_experiments(args):
     grids = args.grids.split(",") if args.grids else ([] if args.grid else ["capacity", "context", "depth", "width"])
     if args.tokens is not None and args.tokens < 1:
         raise UsageError(f"--tokens must be >= 1, got {args.tokens}", "nanollm experiments")
+    if args.seconds is not None and not args.seconds > 0:
+        raise UsageError(f"--seconds must be > 0, got {args.seconds}", "nanollm experiments")
     run_experiments(grids=grids, grid_file=args.grid, out_dir=args.out, data=args.data, quick=args.quick,
-                    token_budget=args.tokens, seed=args.seed)
+                    token_budget=args.tokens, seed=args.seed, seconds=args.seconds)
     return 0
 
 
@@ -569,6 +571,9 @@ def build_parser():
     experiments.add_argument("--tokens", type=int, default=None, help="training tokens per run (default 2,000,000; "
                                                                       "300,000 with --quick)")
     experiments.add_argument("--seed", type=int, default=None, help="seed of every run (default: the config's)")
+    experiments.add_argument("--seconds", type=float, default=None,
+                             help="a time budget instead of a token budget: training seconds per run "
+                                  "(max_train_seconds; default: the grid's own, if it sets one)")
     experiments.set_defaults(parser=experiments, handler=cmd_experiments)
 
     bench = commands.add_parser("bench", help="time the train step and kernels on this machine",

@@ -387,10 +387,10 @@ def summary_table(records):
 
 
 def run_experiments(grids=("capacity", "context", "depth", "width"), grid_file=None, out_dir="experiments/results",
-                    data=None, quick=False, token_budget=None, seed=None, echo=print, communicator=None):
+                    data=None, quick=False, token_budget=None, seed=None, echo=print, communicator=None, seconds=None):
     """Run the named built-in grids (and/or a grid file), write results and plots; returns
     {grid name: records}. Under MPI the ranks share each grid's runs; rank 0 plots and prints
-    the tables."""
+    the tables. seconds: every run's max_train_seconds (a time budget; see the module docstring)."""
     comm = communicator if communicator is not None else distributed.world()
     chosen = []
     for name in grids:
@@ -401,6 +401,8 @@ def run_experiments(grids=("capacity", "context", "depth", "width"), grid_file=N
         chosen.append(load_grid(grid_file))
     if not chosen:
         raise ValueError("no grid to run: name built-in grids or give a grid file")
+    if seconds is not None:
+        chosen = [{**grid, "base": {**grid.get("base", {}), "max_train_seconds": float(seconds)}} for grid in chosen]
     budget = token_budget or (QUICK_TOKEN_BUDGET if quick else TOKEN_BUDGET)
     with distributed.failing_together(comm):  # a rank's failed run ends the job, not a wait at the gather
         return _run_grids(chosen, out_dir, budget, load_tokens(data, quick), quick, seed, echo, comm)

@@ -188,3 +188,14 @@ def test_a_time_budget_grid_keeps_num_steps_and_plots_validation_against_time(tm
     assert [r["seed"] for r in records] == [1, 2]
     plots = plot_grid(records, tmp_path, "budget")["plots"]
     assert tmp_path / "budget_val_loss_vs_time.png" in plots
+
+
+def test_experiments_seconds_turns_any_grid_into_a_time_budget(tmp_path):
+    from nanollm.cli import main
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text('name = "timed"\n[base]\nembedding_dim = 16\nnum_layers = 1\nnum_heads = 2\nmax_seq_len = 16\n'
+                    'batch_size = 4\nnum_steps = 100000\n[[runs]]\nname = "only"\n', encoding="utf-8")
+    assert main(["experiments", "--grid", str(grid), "--seconds", "0.3", "--quick", "--out", str(tmp_path)]) == 0
+    record, = json.loads((tmp_path / "timed_scaling.json").read_text())
+    assert record["config"]["max_train_seconds"] == 0.3 and record["history"][-1]["step"] < 100000
