@@ -13,10 +13,11 @@ progress = (step - warmup_steps) / (decay_steps - warmup_steps), clipped to [0, 
 decay_steps defaults to num_steps, after which cosine and polynomial stay at min_learning_rate.
 Steps count from 0: lr_at(0, cfg) is the rate of the first update.
 
-With a time budget (max_train_seconds) the schedule runs on the budget's clock instead: the
-trainer passes the fractional step num_steps * (training seconds spent / max_train_seconds), so
-warmup_steps / num_steps and decay_steps / num_steps read as shares of the budget (num_steps
-then only sets the scale, and caps the steps). ``schedule_position`` computes it.
+With a time budget (max_train_seconds) the schedule runs on whichever clock is further along:
+the trainer passes the fractional step num_steps * max(step / num_steps, training seconds spent /
+max_train_seconds), so warmup_steps / num_steps and decay_steps / num_steps read as shares of
+the run, and the schedule ends when the run does, whether the budget or num_steps stops it.
+``schedule_position`` computes it.
 
 cfg is a resolved training config (``nanollm.config.resolve({...})``): every key is present, with
 nanollm.config.DEFAULTS the one place the schedule's defaults are written down.
@@ -29,11 +30,11 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "polynomial")
 
 def schedule_position(step, cfg, train_seconds):
     """Where the schedule stands at 0-based ``step``: the step itself, or with max_train_seconds
-    the share of the budget spent so far in (fractional) steps of num_steps."""
+    the larger of the steps' and the budget's shares so far, in (fractional) steps of num_steps."""
     budget = cfg["max_train_seconds"]
     if budget is None:
         return step
-    return cfg["num_steps"] * min(train_seconds / budget, 1.0)
+    return max(step, cfg["num_steps"] * min(train_seconds / budget, 1.0))
 
 
 def lr_at(step, cfg):

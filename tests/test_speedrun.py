@@ -148,7 +148,8 @@ def test_export_refuses_what_hugging_face_and_gguf_cannot_express(tmp_path, sett
 def test_the_schedule_runs_on_the_budget_clock():
     cfg = resolve({"num_steps": 1000, "max_train_seconds": 60.0, "lr_schedule": "cosine", "warmup_steps": 100,
                    "learning_rate": 1.0})
-    assert schedule_position(7, cfg, 30.0) == 500.0  # half the budget: half the schedule, whatever the step
+    assert schedule_position(7, cfg, 30.0) == 500.0  # half the budget: half the schedule, ...
+    assert schedule_position(700, cfg, 30.0) == 700  # ... unless the steps are further along
     assert lr_at(schedule_position(7, cfg, 3.0), cfg) == pytest.approx(51 / 101)  # 5% of the budget: in the warmup
     assert lr_at(schedule_position(7, cfg, 99.0), cfg) == 0.0  # past the budget: the end of the cosine
     assert schedule_position(7, resolve({}), 99.0) == 7  # no budget: the step
