@@ -336,34 +336,39 @@ def plot_grid(records, out_dir, grid_name):
         axes.grid(alpha=0.3)
         paths.append(_save(figure, out_dir / f"{grid_name}_loss_vs_{key}.png"))
 
+    def tokens_and_loss(r):
+        tokens_per_step = r["config"]["batch_size"] * r["config"]["max_seq_len"]
+        return [(h["step"] * tokens_per_step, h["loss"]) for h in r["history"] if h["loss"] is not None]
+
+    paths.append(_curves(records, tokens_and_loss, False, ("training tokens", "training loss (nats/token)"),
+                         f"{grid_name}: loss curves", out_dir / f"{grid_name}_loss_curves.png"))
+    timed = [r for r in records if any("val_loss" in h and "train_seconds" in h for h in r["history"])]
+    if timed:  # a time-budget grid: validation loss against the seconds spent training
+        paths.append(_curves(timed, lambda r: [(h["train_seconds"], h["val_loss"]) for h in r["history"]
+                                               if "val_loss" in h],
+                             True, ("training seconds", "validation loss (nats/token)"),
+                             f"{grid_name}: validation loss vs training time",
+                             out_dir / f"{grid_name}_val_loss_vs_time.png"))
+    return {"plots": paths, "power_law": power_law}
+
+
+def _curves(records, points_of, with_seed, axis_labels, title, path):
+    """One line per record through points_of(record) [(x, y)], labelled by its name (and seed)."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
     for r in records:
-        tokens_per_step = r["config"]["batch_size"] * r["config"]["max_seq_len"]
-        points = [(h["step"] * tokens_per_step, h["loss"]) for h in r["history"] if h["loss"] is not None]
+        points = points_of(r)
         if points:
-            axes.plot(*zip(*points), label=r["experiment_name"], linewidth=1)
-    axes.set_xlabel("training tokens")
-    axes.set_ylabel("training loss (nats/token)")
-    axes.set_title(f"{grid_name}: loss curves")
-    axes.legend(fontsize=8)
+            name = f"{r['experiment_name']} (seed {r['seed']})" if with_seed else r["experiment_name"]
+            axes.plot(*zip(*points), label=name, linewidth=1)
+    axes.set_xlabel(axis_labels[0])
+    axes.set_ylabel(axis_labels[1])
+    axes.set_title(title)
+    axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
-    paths.append(_save(figure, out_dir / f"{grid_name}_loss_curves.png"))
-
-    timed = [r for r in records if any("val_loss" in h and "train_seconds" in h for h in r["history"])]
-    if timed:  # a time-budget grid: validation loss against the seconds spent training
-        figure = Figure(figsize=(7, 4.5))
-        axes = figure.subplots()
-        for r in timed:
-            points = [(h["train_seconds"], h["val_loss"]) for h in r["history"] if "val_loss" in h]
-            axes.plot(*zip(*points), label=f"{r['experiment_name']} (seed {r['seed']})", linewidth=1)
-        axes.set_xlabel("training seconds")
-        axes.set_ylabel("validation loss (nats/token)")
-        axes.set_title(f"{grid_name}: validation loss vs training time")
-        axes.legend(fontsize=7)
-        axes.grid(alpha=0.3)
-        paths.append(_save(figure, out_dir / f"{grid_name}_val_loss_vs_time.png"))
-    return {"plots": paths, "power_law": power_law}
+    return _save(figure, path)
 
 
 def _save(figure, path):
