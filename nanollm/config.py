@@ -179,6 +179,8 @@ def _check_type(key, value, source):
     kind = OPTIONAL_TYPES.get(key, type(default))
     if value is None and key in OPTIONAL_TYPES:
         return None
+    if key in OPTIONAL_TYPES and kind is not str and isinstance(value, str) and value.lower() in ("none", "null"):
+        return None  # TOML has no null: eval_steps = "none" in a config file, as --eval_steps=none
     if key == "report_to":  # one tracker by name, or a list; "none" (--report_to=none): no tracker
         value = [value] if isinstance(value, str) else value
         value = [name for name in value if name != "none"] if isinstance(value, (list, tuple)) else value

@@ -102,3 +102,14 @@ def test_muon_keys_default_to_torch_and_keller_jordans_settings():
     assert cfg["muon_momentum"] == 0.0 and isinstance(cfg["muon_momentum"], float)
     assert (DEFAULTS["muon_learning_rate"], DEFAULTS["muon_momentum"], DEFAULTS["muon_nesterov"],
             DEFAULTS["muon_ns_steps"], DEFAULTS["muon_adjust_lr"]) == (0.02, 0.95, True, 5, "original")
+
+
+def test_a_toml_file_says_none_as_a_string(tmp_path):
+    from nanollm.config import load_config_file
+
+    path = tmp_path / "c.toml"
+    path.write_text('eval_steps = "none"\nlogit_softcap = "None"\n', encoding="utf-8")
+    cfg = resolve(load_config_file(path))
+    assert cfg["eval_steps"] is None and cfg["logit_softcap"] is None
+    with pytest.raises(ValueError, match="eval_steps must be an integer, got 'all'"):
+        resolve({"eval_steps": "all"})
