@@ -2,6 +2,7 @@
 
     pip install torch==2.13.0          # optional: never a dependency of nanollm
     python examples/shakespeare_char_pytorch.py --seed 1
+    python examples/shakespeare_char_pytorch.py --nanogpt --eval-every 100 --target 1.88   # time to a val loss
 
 The model is nanollm's GPT-2 (biases, tanh GELU, tied output layer, GPT-2 initialisation) in
 plain torch.nn; `--nanogpt` switches to nanoGPT's own choices (no biases, exact GELU). Data,
@@ -52,6 +53,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--nanogpt", action="store_true", help="no biases and exact GELU, as nanoGPT")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="whole-split validation every N steps, against training seconds (evaluation not counted)")
+    parser.add_argument("--target", type=float, default=None, help="report the training seconds to this val loss")
     args = parser.parse_args(argv)
     if not args.data.is_file():
         sys.exit(f"no Tiny Shakespeare at {args.data}; pass --data PATH/tinyshakespeare.txt")
@@ -61,12 +65,13 @@ def main(argv=None):
     char_to_id = {ch: i for i, ch in enumerate(chars)}
     ids = torch.tensor([char_to_id[ch] for ch in text])
     split = int(0.9 * len(ids))
-    train, val = ids[:split], ids[split:]
+    train, val_ids = ids[:split], ids[split:]
     model = TorchGPT(len(chars), embedding_dim=C, num_layers=L, num_heads=H, max_seq_len=T,
                      bias=not args.nanogpt, gelu="none" if args.nanogpt else "tanh")
     optimizer = adamw_for(model)
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
+    evaluating, reached = 0.0, None  # seconds spent evaluating (not training); training seconds at the target
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps)
@@ -78,8 +83,17 @@ def main(argv=None):
         if (step + 1) % 500 == 0 or step + 1 == args.steps:
             print(f"step {step + 1}/{args.steps} | loss {loss.item():.4f} | {time.perf_counter() - start:.1f} s",
                   flush=True)
-    seconds = time.perf_counter() - start
-    print(f"val loss {whole_split_loss(model, val):.4f} (whole split) after {args.steps} steps; {seconds:.0f} s, "
+        if args.eval_every and (step + 1) % args.eval_every == 0:
+            tick = time.perf_counter()
+            trained = tick - start - evaluating
+            val = whole_split_loss(model, val_ids)
+            evaluating += time.perf_counter() - tick
+            print(f"eval step {step + 1} | train seconds {trained:.1f} | val {val:.4f}", flush=True)
+            if reached is None and args.target is not None and val <= args.target:
+                reached = trained
+                print(f"reached val {args.target} after {trained:.1f} training seconds (step {step + 1})", flush=True)
+    seconds = time.perf_counter() - start - evaluating
+    print(f"val loss {whole_split_loss(model, val_ids):.4f} (whole split) after {args.steps} steps; {seconds:.0f} s, "
           f"{args.steps * B * T / seconds:,.0f} tokens/s")
 
 

@@ -214,7 +214,10 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
     todo = [(name, varied, cfg) for name, varied, cfg in runs
             if (name, description, json.dumps(_comparable(cfg), sort_keys=True)) not in done]
     if comm.is_root:
-        echo(f"grid {grid['name']}: {len(runs)} runs, {token_budget:,} training tokens each, on {description}; "
+        seconds = {cfg["max_train_seconds"] for _, _, cfg in runs} - {None}
+        budget = (f"{', '.join(f'{s:g}' for s in sorted(seconds))} s of training" if seconds
+                  else f"{token_budget:,} training tokens")
+        echo(f"grid {grid['name']}: {len(runs)} runs, {budget} each, on {description}; "
              f"{len(runs) - len(todo)} already in {path}" + (f"; shared by {comm.size} ranks" if comm.size > 1 else ""))
     if comm.size > 1:  # rank r: runs r, r + N, ...; its lines say which rank speaks
         todo = todo[comm.rank::comm.size]
