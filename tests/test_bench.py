@@ -58,3 +58,14 @@ def test_memory_bench_measures_each_engine_in_its_own_process_shape(monkeypatch)
     assert row["engine"] == "nanollm-checkpointed" and row["seq_len"] == 16 and row["steps"] == 2
     assert row["tokens_per_second"] == pytest.approx(32 / row["seconds_per_step"])
     assert row["peak_resident_bytes"] >= row["resident_before_model_bytes"] > 0
+
+
+def test_bench_configs_gpt2_124m_runs_the_memory_bench_in_fresh_processes(monkeypatch):
+    from nanollm.tools import bench, memory_bench
+
+    args = bench.parse_args(["--configs", "gpt2-124m", "--no-torch"])
+    assert args.memory_configs == ["gpt2-124m"] and args.configs == []
+    calls = []
+    monkeypatch.setattr(memory_bench, "main", calls.append)
+    bench.main([], args=args)
+    assert calls == [["--batch-sizes", "4", "8", "--engines", "nanollm", "nanollm-checkpointed"]]

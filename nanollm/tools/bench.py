@@ -40,6 +40,9 @@ CONFIGS = {
     "tiny": {"vocab_size": 65, "embedding_dim": 32, "num_layers": 2, "num_heads": 2, "ffn_hidden_dim": 128,
              "max_seq_len": 16, "batch_size": 4},
 }
+# Configs too big for in-process timing: each engine runs in a fresh process (peak memory is per process).
+MEMORY_CONFIGS = {"gpt2-124m": "GPT-2 124M at T=1024, B=4 and 8, nanollm with and without activation checkpointing "
+                               "and PyTorch eager (nanollm.tools.memory_bench)"}
 PYTORCH_HINT = "PyTorch not installed (optional: pip install torch==2.13.0)"
 
 
@@ -262,7 +265,7 @@ def add_arguments(parser):
     parser.add_argument("--backends", default=None,
                         help="comma-separated backends to time (default: every one that loads, and auto)")
     parser.add_argument("--configs", default="nanogpt-cpu,bigger",
-                        help=f"comma-separated model configs: {', '.join(CONFIGS)}")
+                        help=f"comma-separated model configs: {', '.join([*CONFIGS, *MEMORY_CONFIGS])}")
     parser.add_argument("--steps", type=int, default=None, help="timed train steps per backend (default 20, 5 for bigger)")
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per primitive")
     parser.add_argument("--quick", action="store_true", help="tiny config, few steps: a smoke test in seconds")
@@ -278,10 +281,12 @@ def check_arguments(args, parser):
     """Expand --quick and the comma lists; parser.error() on unknown configs or backends."""
     if args.quick:
         args.configs, args.repeat, args.steps = "tiny", 3, args.steps or 3
-    args.configs = args.configs.split(",")
+    names = args.configs.split(",")
+    args.memory_configs = [name for name in names if name in MEMORY_CONFIGS]
+    args.configs = [name for name in names if name not in MEMORY_CONFIGS]
     for name in args.configs + ([args.step_only] if args.step_only else []):
         if name not in CONFIGS:
-            parser.error(f"unknown config {name!r}: choose from {', '.join(CONFIGS)}")
+            parser.error(f"unknown config {name!r}: choose from {', '.join([*CONFIGS, *MEMORY_CONFIGS])}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.backends is None:
@@ -316,6 +321,13 @@ def main(argv=None, args=None):
                                     warmup=args.warmup)
         print(json.dumps(figures))
         return
+    if args.memory_configs:
+        from nanollm.tools import memory_bench
+
+        engines = [e for e in memory_bench.ENGINES if not (args.no_torch and e == "torch")]
+        memory_bench.main(["--batch-sizes", "4", "8", "--engines", *engines])
+        if not args.configs:
+            return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # auto's fallback note is printed in the table below instead
         picked = backends.get("auto").picked
