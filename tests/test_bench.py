@@ -69,3 +69,37 @@ def test_bench_configs_gpt2_124m_runs_the_memory_bench_in_fresh_processes(monkey
     monkeypatch.setattr(memory_bench, "main", calls.append)
     bench.main([], args=args)
     assert calls == [["--batch-sizes", "4", "8", "--engines", "nanollm", "nanollm-checkpointed"]]
+
+
+def test_interleaved_rounds_alternate_fresh_processes_and_report_ratios_memory_and_steal(monkeypatch, capsys):
+    """The rounds' bookkeeping, with the subprocess replaced: order rotates, ratios per round, medians."""
+    from nanollm.tools import bench
+
+    calls = []
+
+    def fake(engine, config_name, steps, env, warmup=0):
+        calls.append(engine)
+        speed = {"auto": 120.0, "pytorch": 100.0, "pytorch-compile": 150.0}[engine] * (1 + len(calls) / 100)
+        return {"tokens_per_second": speed, "ms_per_step": 1.0, "peak_resident_bytes": 2**20 * len(engine)}
+
+    monkeypatch.setattr(bench, "run_step_subprocess", fake)
+    engines = ["auto", "pytorch", "pytorch-compile"]
+    measured = bench.interleaved_rounds("tiny", engines, rounds=3, steps=2)
+    assert calls == ["auto", "pytorch", "pytorch-compile", "pytorch", "pytorch-compile", "auto",
+                     "pytorch-compile", "auto", "pytorch"]
+    assert measured["steal"] is None or 0 <= measured["steal"] <= 1
+    report = bench.report_rounds("tiny", measured, engines)
+    assert len(report["ratios"]["pytorch"]) == 3 and 1.15 < report["median_ratios"]["pytorch"] < 1.25
+    assert report["peak_resident_bytes"]["pytorch-compile"] == 2**20 * len("pytorch-compile")
+    out = capsys.readouterr().out
+    assert "interleaved, tiny: 3 rounds of fresh processes" in out and "steal time" in out and "median" in out
+
+
+@pytest.mark.slow
+def test_bench_interleaves_nanollm_and_pytorch_in_fresh_processes(tmp_path):
+    pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0 to compare")
+    done = run_bench("--quick", "--backends", "auto", "--rounds", "2", "--json", "bench.json", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "interleaved, tiny: 2 rounds of fresh processes" in done.stdout
+    interleaved = json.loads((tmp_path / "bench.json").read_text())["interleaved"]["tiny"]
+    assert len(interleaved["ratios"]["pytorch"]) == 2 and interleaved["peak_resident_bytes"]["auto"] > 0

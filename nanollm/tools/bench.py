@@ -6,7 +6,12 @@ Everything is measured in one run, side by side (the machine is shared and noisy
   3. the train step (forward, backward, clipping, AdamW, batching: train_with_config's own
      loop) per backend and config: ms/step, tokens/s, achieved GFLOP/s, MFU, first-step time;
   4. the same model's train step in PyTorch eager, when PyTorch is installed, and the ratio;
-  5. with --threads: how Numba's threads and OpenBLAS's share the cores (subprocesses).
+  5. the same comparison interleaved (--rounds): nanollm's auto backend and PyTorch eager (and
+     torch.compile with --compile) in fresh processes, alternating, round after round; each
+     round's ratio, their median, each engine's peak resident memory, and the steal time and
+     load the machine showed meanwhile. On a shared machine this is the figure to quote: one
+     long run of each engine meets a different machine;
+  6. with --threads: how Numba's threads and OpenBLAS's share the cores (subprocesses).
 Figures are medians over the timed steps. Nothing here asserts a speed; it prints what it saw.
 """
 
@@ -17,6 +22,7 @@ import io
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -162,8 +168,9 @@ def train_step_timing(backend, cfg, steps, warmup=2):
             "first_step_seconds": per_step[0]}
 
 
-def torch_step_timing(cfg, steps, warmup=2):
-    """The same model, AdamW and clipping in PyTorch eager; None when PyTorch is not installed."""
+def torch_step_timing(cfg, steps, warmup=2, compiled=False):
+    """The same model, AdamW and clipping in PyTorch eager (compiled: torch.compile's default
+    mode, whose compilation falls in the warmup steps); None when PyTorch is not installed."""
     try:
         import torch
 
@@ -173,6 +180,7 @@ def torch_step_timing(cfg, steps, warmup=2):
     torch.manual_seed(0)
     model = TorchGPT(**model_settings(cfg))
     optimizer = adamw_for(model)
+    forward = torch.compile(model) if compiled else model
     data = torch.randint(0, cfg["vocab_size"], (50_000,))
     b, t = cfg["batch_size"], cfg["max_seq_len"]
 
@@ -180,13 +188,13 @@ def torch_step_timing(cfg, steps, warmup=2):
         starts = torch.randint(len(data) - t - 1, (b,)).tolist()
         idx = torch.stack([data[s:s + t] for s in starts])
         targets = torch.stack([data[s + 1:s + t + 1] for s in starts])
-        loss = model(idx, targets)
+        loss = forward(idx, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-    seconds = median_seconds(step, steps, warmup)
+    seconds = median_seconds(step, steps, max(warmup, 1))
     return {"ms_per_step": 1e3 * seconds, "tokens_per_second": b * t / seconds, "threads": torch.get_num_threads()}
 
 
@@ -202,10 +210,86 @@ THREAD_SETUPS = {
 }
 
 
-def run_step_subprocess(backend, config_name, steps, env):
-    """train_step_timing in a fresh interpreter under ``env``: its figures, or {"error": ...}."""
+TORCH_ENGINES = ("pytorch", "pytorch-compile")  # --step-only's names for PyTorch eager and torch.compile
+
+
+def step_figures(engine, config_name, steps, warmup):
+    """One engine's train-step figures in this process, with its peak resident memory so far."""
+    cfg = CONFIGS[config_name]
+    if engine in TORCH_ENGINES:
+        figures = torch_step_timing(cfg, steps, warmup, compiled=engine == "pytorch-compile")
+        if figures is None:
+            raise RuntimeError(PYTORCH_HINT)
+    else:
+        figures = train_step_timing(engine, cfg, steps, warmup=warmup)
+    figures["peak_resident_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return figures
+
+
+def cpu_times():
+    """(steal, total) jiffies of all CPUs from /proc/stat, or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def interleaved_rounds(config_name, engines, rounds, steps):
+    """Each engine's train step in a fresh process, alternating, ``rounds`` times (the order
+    rotates each round so no engine always runs first). Returns {"rounds": [{engine: figures}],
+    "steal": share of CPU time stolen meanwhile (None off Linux), "load": 1-minute load at the end}."""
+    before, results = cpu_times(), []
+    for number in range(rounds):
+        order = engines[number % len(engines):] + engines[:number % len(engines)]
+        results.append({engine: run_step_subprocess(engine, config_name, steps, {}, warmup=2) for engine in order})
+    after = cpu_times()
+    steal = None
+    if before and after and after[1] > before[1]:
+        steal = (after[0] - before[0]) / (after[1] - before[1])
+    return {"rounds": results, "steal": steal, "load": os.getloadavg()[0]}
+
+
+def report_rounds(config_name, measured, engines):
+    """Print the rounds: tokens/s per engine, nanollm / each PyTorch engine, medians, peak memory."""
+    base, others = engines[0], engines[1:]
+    rows, ratios = [], {e: [] for e in others}
+    for number, figures in enumerate(measured["rounds"], 1):
+        row = [str(number)]
+        for engine in engines:
+            fig = figures[engine]
+            row.append("failed" if "error" in fig else f"{fig['tokens_per_second']:,.0f}")
+        for engine in others:
+            a, b = figures[base], figures[engine]
+            ratio = a["tokens_per_second"] / b["tokens_per_second"] if "error" not in a and "error" not in b else None
+            if ratio is not None:
+                ratios[engine].append(ratio)
+            row.append("" if ratio is None else f"{ratio:.2f}x")
+        rows.append(row)
+    medians = {e: statistics.median(r) if r else None for e, r in ratios.items()}
+    memory = {}
+    for engine in engines:
+        peaks = [f[engine]["peak_resident_bytes"] for f in measured["rounds"] if "error" not in f[engine]]
+        memory[engine] = statistics.median(peaks) if peaks else None
+    rows.append(["median", *[""] * len(engines), *[f"{m:.2f}x" if m else "" for m in medians.values()]])
+    rows.append(["peak MiB", *[f"{m / 2**20:,.0f}" if m else "" for m in memory.values()], *[""] * len(others)])
+    steal = "unknown" if measured["steal"] is None else f"{100 * measured['steal']:.1f}%"
+    print(f"interleaved, {config_name}: {len(measured['rounds'])} rounds of fresh processes, tokens/s "
+          f"(steal time {steal} of all CPU time meanwhile, load {measured['load']:.2f} at the end):")
+    print_table(["round", *engines, *[f"{base} / {e}" for e in others]], rows)
+    for engine in engines:
+        errors = {f[engine]["error"] for f in measured["rounds"] if "error" in f[engine]}
+        for error in errors:
+            print(f"  {engine} failed: {error.splitlines()[-1] if error else 'no output'}")
+    print()
+    return {"ratios": ratios, "median_ratios": medians, "peak_resident_bytes": memory}
+
+
+def run_step_subprocess(backend, config_name, steps, env, warmup=0):
+    """step_figures in a fresh interpreter under ``env``: its figures, or {"error": ...}."""
     command = [sys.executable, "-m", "nanollm.tools.bench", "--step-only", config_name, "--backends", backend,
-               "--steps", str(steps), "--warmup", "0"]
+               "--steps", str(steps), "--warmup", str(warmup)]
     done = subprocess.run(command, env=dict(os.environ, **env), capture_output=True, text=True, check=False)
     return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip()[-300:]}
 
@@ -270,6 +354,9 @@ def add_arguments(parser):
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per primitive")
     parser.add_argument("--quick", action="store_true", help="tiny config, few steps: a smoke test in seconds")
     parser.add_argument("--threads", action="store_true", help="also compare thread setups (subprocesses)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds of fresh processes, auto against PyTorch (0: none)")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile to the interleaved rounds")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # run_step_subprocess's mode
@@ -280,7 +367,7 @@ def add_arguments(parser):
 def check_arguments(args, parser):
     """Expand --quick and the comma lists; parser.error() on unknown configs or backends."""
     if args.quick:
-        args.configs, args.repeat, args.steps = "tiny", 3, args.steps or 3
+        args.configs, args.repeat, args.steps, args.rounds = "tiny", 3, args.steps or 3, min(args.rounds, 2)
     names = args.configs.split(",")
     args.memory_configs = [name for name in names if name in MEMORY_CONFIGS]
     args.configs = [name for name in names if name not in MEMORY_CONFIGS]
@@ -289,12 +376,16 @@ def check_arguments(args, parser):
             parser.error(f"unknown config {name!r}: choose from {', '.join([*CONFIGS, *MEMORY_CONFIGS])}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.rounds < 0:
+        parser.error(f"--rounds must be >= 0, got {args.rounds}")
     if args.backends is None:
         args.backends = [name for name, reason in backends.available().items()  # the CPU's: the GPU has gpu_bench
                          if reason is None and name in backends.HOST_BACKENDS] + ["auto"]
     else:
         args.backends = args.backends.split(",")
         for name in args.backends:
+            if args.step_only and name in TORCH_ENGINES:
+                continue
             try:
                 backends.get(name)
             except ValueError as exc:
@@ -317,9 +408,8 @@ def main(argv=None, args=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv) if args is None else args
     if args.step_only:
-        figures = train_step_timing(args.backends[0], CONFIGS[args.step_only], steps_for(args, args.step_only),
-                                    warmup=args.warmup)
-        print(json.dumps(figures))
+        print(json.dumps(step_figures(args.backends[0], args.step_only, steps_for(args, args.step_only),
+                                      args.warmup)))
         return
     if args.memory_configs:
         from nanollm.tools import memory_bench
@@ -374,6 +464,13 @@ def main(argv=None, args=None):
         if torch_figures is None and not args.no_torch:
             print(f"({PYTORCH_HINT})")
         print()
+
+    if args.rounds and not args.no_torch:
+        engines = ["auto", "pytorch"] + (["pytorch-compile"] if args.compile else [])
+        results["interleaved"] = {}
+        for config_name in args.configs:
+            measured = interleaved_rounds(config_name, engines, args.rounds, steps_for(args, config_name))
+            results["interleaved"][config_name] = {**measured, **report_rounds(config_name, measured, engines)}
 
     jitted = [b for b in args.backends if b in ("numba", "auto")]
     if jitted:
