@@ -110,7 +110,8 @@ class RunState:
         extra = {"val_loss": self.val_loss, "accuracy": self.accuracy, "val_accuracy": self.val_accuracy,
                  "best_val_loss": finite_or_none(self.best_val_loss),
                  "evals_without_improvement": self.evals_without_improvement,
-                 "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds, "ranks": self.comm.size, **self.training_step.state()}
+                 "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds, "ranks": self.comm.size,
+                 **self.training_step.state()}
         if self.comm.is_root:
             save_checkpoint(path, self.model, optimizer_state=self.training_step.states, step=self.step,
                             loss=self.loss, config=self.cfg, tokenizer=self.tokenizer, rng_states=rng_states,

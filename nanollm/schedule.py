@@ -17,7 +17,8 @@ With a time budget (max_train_seconds) the schedule runs on whichever clock is f
 the trainer passes the fractional step num_steps * max(step / num_steps, training seconds spent /
 max_train_seconds), so warmup_steps / num_steps and decay_steps / num_steps read as shares of
 the run, and the schedule ends when the run does, whether the budget or num_steps stops it.
-``schedule_position`` computes it.
+``schedule_position`` computes it. Such a run depends on the machine's speed, so two runs (or a
+run and its resumed copy) are not bit-identical, as step-based runs are.
 
 cfg is a resolved training config (``nanollm.config.resolve({...})``): every key is present, with
 nanollm.config.DEFAULTS the one place the schedule's defaults are written down.
