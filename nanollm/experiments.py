@@ -162,10 +162,15 @@ def read_grid_results(out_dir, grid_name):
     return records
 
 
+def _record_key(record):
+    """A run of a grid: its name and seed (one name may run with several seeds)."""
+    return record["experiment_name"], record.get("seed")
+
+
 def _merge(records, newer):
-    """records with those of ``newer`` replacing any of the same name."""
-    names = {r["experiment_name"] for r in newer}
-    return [r for r in records if r["experiment_name"] not in names] + list(newer)
+    """records with those of ``newer`` replacing any of the same name and seed."""
+    keys = {_record_key(r) for r in newer}
+    return [r for r in records if _record_key(r) not in keys] + list(newer)
 
 
 def read_results(path):
@@ -272,7 +277,8 @@ def run_grid(grid, out_dir, data=None, token_budget=TOKEN_BUDGET, quick=False, s
 
 
 def _in_grid_order(records, order):
-    return sorted(records, key=lambda r: order.index(r["experiment_name"]) if r["experiment_name"] in order else 0)
+    return sorted(records, key=lambda r: (order.index(r["experiment_name"]) if r["experiment_name"] in order else 0,
+                                          r.get("seed") or 0))
 
 
 def _prefixed(echo, prefix):

@@ -151,7 +151,18 @@ def drift(comm, out):
     return {"finished": True}  # not reached: the check after step 4 stops it
 
 
-SCENARIOS = {"equivalence": equivalence, "half": half, "resume": resume, "crash": crash, "drift": drift}
+def budget(comm, out):
+    """A time budget on two ranks: every rank stops after the same step (the slowest rank's step
+    times count), so the weights stay identical (training checks that at the end)."""
+    cfg = dict(BASE, batch_size=4, num_steps=10**6, max_train_seconds=1.0, lr_schedule="cosine", log_interval=0,
+               dtype="float32")
+    results = train_with_config(tiny_model(dtype="float32"), masked_data(), cfg)
+    steps = comm.allgather(results["steps"])
+    return {"steps": steps, "stopped_because": results["stopped_because"]} if comm.is_root else None
+
+
+SCENARIOS = {"equivalence": equivalence, "half": half, "resume": resume, "crash": crash, "drift": drift,
+             "budget": budget}
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], Path(sys.argv[2])

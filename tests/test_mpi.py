@@ -82,6 +82,13 @@ def test_a_resumed_two_rank_run_ends_bit_for_bit_where_the_whole_run_does(tmp_pa
                               "metrics.jsonl"]
 
 
+def test_a_time_budget_stops_every_rank_after_the_same_step(tmp_path):
+    done, found = run_scenario("budget", tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert found["steps"][0] == found["steps"][1] > 1
+    assert found["stopped_because"].startswith("max_train_seconds=1 spent")
+
+
 def test_a_rank_that_fails_ends_the_whole_job_with_its_error(tmp_path):
     done, found = run_scenario("crash", tmp_path)
     assert done.returncode != 0 and found is None

@@ -180,13 +180,15 @@ def test_a_time_budget_grid_keeps_num_steps_and_plots_validation_against_time(tm
     base = {"embedding_dim": 16, "num_layers": 1, "num_heads": 2, "max_seq_len": 16, "batch_size": 4,
             "num_steps": 10**5, "max_train_seconds": 0.5, "eval_interval": 40, "eval_steps": 2, "log_interval": 40}
     grid = {"name": "budget", "base": base,
-            "runs": [{"name": "gpt2", "seed": 1}, {"name": "relu2", "mlp_activation": "relu2", "seed": 2}]}
-    assert [cfg["num_steps"] for _, _, cfg in expand_runs(grid)] == [10**5, 10**5]
+            "runs": [{"name": "gpt2", "seed": 1}, {"name": "relu2", "mlp_activation": "relu2", "seed": 2},
+                     {"name": "gpt2", "seed": 3}]}
+    assert [cfg["num_steps"] for _, _, cfg in expand_runs(grid)] == [10**5] * 3
     records = run_grid(grid, tmp_path, quick=True, echo=lambda line: None)
+    assert [(r["experiment_name"], r["seed"]) for r in records] == [("gpt2", 1), ("gpt2", 3), ("relu2", 2)]
     for record in records:
         assert 1 < len(record["history"]) and record["history"][-1]["train_seconds"] > 0.4
         assert record["history"][-1]["step"] < 10**5 and "val_loss" in record["history"][-1]
-    assert [r["seed"] for r in records] == [1, 2]
+    assert json.loads((tmp_path / "budget_scaling.json").read_text()) == records  # one name, two seeds: both kept
     plots = plot_grid(records, tmp_path, "budget")["plots"]
     assert tmp_path / "budget_val_loss_vs_time.png" in plots
 
