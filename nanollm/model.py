@@ -338,22 +338,21 @@ class TransformerLanguageModel:
         checkpointing = self.activation_checkpointing and kv_cache is None
         for layer in range(self.num_layers):
             past = None if kv_cache is None else kv_cache.layer(layer)
-            if checkpointing:  # the cache is dropped at once; BlockCheckpoint runs the block again
-                kept = BlockCheckpoint(layer, x, self.dropout_rng.bit_generator.state, rope)
-                x, _ = self._block_forward(layer, x, rope)
-                block_caches.append(kept)
-            else:
-                x, cache = self._block_forward(layer, x, rope, past)
-                block_caches.append(cache)
+            # with checkpointing the cache is dropped at once: BlockCheckpoint runs the block again
+            # (its input and the dropout generator's state are taken before the block draws)
+            kept = BlockCheckpoint(layer, x, self.dropout_rng.bit_generator.state, rope) if checkpointing else None
+            x, cache = self._block_forward(layer, x, rope, past)
+            block_caches.append(cache if kept is None else kept)
+            del cache
         x, norm_f_cache = self._norm_forward(x, p, self.norm_names[2])
-        logits, head_cache = linear_forward(x, self._output_weight())  # (B, T, V)
-        softcap_cache = None
-        if self.logit_softcap is not None:  # cap * tanh(logits / cap)
-            logits, softcap_cache = softcap_forward(logits, self.logit_softcap)
         value_cache = None
         if self.value_head:  # PPO's critic on the same hidden state: values (B, T)
             values, value_cache = linear_forward(x, p[VALUE_HEAD + "weight"], p[VALUE_HEAD + "bias"])
             self.values = values[..., 0]
+        logits, head_cache = linear_forward(x, self._output_weight())  # (B, T, V)
+        softcap_cache = None
+        if self.logit_softcap is not None:  # cap * tanh(logits / cap)
+            logits, softcap_cache = softcap_forward(logits, self.logit_softcap)
 
         loss, loss_cache = None, None
         if targets is not None:

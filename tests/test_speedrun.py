@@ -4,6 +4,7 @@ Each op is gradient-checked alone and inside the whole model on every backend, f
 architectures, with LoRA and in half precision; formats that cannot hold them refuse in one line.
 """
 
+import importlib.util
 import json
 
 import numpy as np
@@ -105,7 +106,8 @@ def test_qk_norm_generation_with_and_without_the_kv_cache_agree():
     assert cached == recomputed
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float16", pytest.param("bfloat16", marks=pytest.mark.skipif(
+    importlib.util.find_spec("ml_dtypes") is None, reason="bfloat16 needs ml_dtypes (pip install ml_dtypes)"))])
 def test_half_precision_steps_with_the_speedrun_options(dtype):
     model = GPT(**TINY, architecture="llama", seed=0, **SPEEDRUN)
     tokens = np.random.default_rng(0).integers(0, 7, 400)
