@@ -8,7 +8,8 @@ A grid is a base config plus one key (or a few) that varies. Four are built in:
     context    max_seq_len 16, 32, 64, 128 (batch_size 64, 32, 16, 8: 1,024 tokens a step each)
     depth      num_layers 1, 2, 4, 6
     width      embedding_dim 16, 32, 64, 128 (ffn 2x the width, as nano)
-and a user grid comes from a JSON/TOML file: {"name": ..., "base": {config keys}, "vary": {key: [values]}}.
+and a user grid comes from a JSON/TOML file: {"name": ..., "base": {config keys}, "vary": {key: [values]}}
+or "runs": [{"name": ..., key: value}, ...], and optionally "seeds": [1, 2] (every run once per seed).
 
 Fair by construction: every run of a grid trains on the same token budget (num_steps = budget /
 (batch_size * max_seq_len), so a longer context takes fewer steps, not more tokens) from the same
@@ -75,11 +76,21 @@ VAL_FRACTION = 0.1
 
 def load_grid(path):
     """A user grid from a JSON or TOML file, checked: name, base (config keys) and vary
-    ({key: [values]}, every combination) or runs ([{"name": ..., key: value}, ...])."""
+    ({key: [values]}, every combination) or runs ([{"name": ..., key: value}, ...]), and
+    optionally seeds ([seed, ...]: every run trains once with each)."""
     grid = load_config_file(path)
-    unknown = sorted(set(grid) - {"name", "base", "vary", "runs"})
+    unknown = sorted(set(grid) - {"name", "base", "vary", "runs", "seeds"})
     if unknown:
-        raise ValueError(f"grid file {str(path)!r}: unknown entries {unknown}; a grid has name, base, and vary or runs")
+        raise ValueError(f"grid file {str(path)!r}: unknown entries {unknown}; a grid has name, base, vary or runs, "
+                         f"and seeds")
+    seeds = grid.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds) and len(set(seeds)) == len(seeds)):
+        raise ValueError(f"grid file {str(path)!r}: seeds must be a non-empty list of distinct integers, "
+                         f"e.g. seeds = [1, 2]; got {seeds!r}")
+    runs = grid.get("runs", []) + [grid.get("base", {}), grid.get("vary", {})]
+    if "seeds" in grid and any("seed" in run for run in runs):
+        raise ValueError(f"grid file {str(path)!r}: a seed set in base, vary or a run clashes with seeds = {seeds}; "
+                         f"keep one of them")
     if not isinstance(grid.get("name"), str) or not grid["name"].replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"grid file {str(path)!r}: name must be a word (letters, digits, - and _), "
                          f"got {grid.get('name')!r}")
@@ -95,7 +106,8 @@ def load_grid(path):
 
 def expand_runs(grid, token_budget=TOKEN_BUDGET, source=None):
     """[(run name, varied {key: value}, resolved config)] of a grid, each run given the token
-    budget as num_steps = budget / (batch_size * max_seq_len)."""
+    budget as num_steps = budget / (batch_size * max_seq_len); with the grid's seeds, each run
+    once per seed (one after the other, so N MPI ranks with N seeds train a run's seeds together)."""
     source = source or f"grid {grid['name']!r}"
     if "vary" in grid:
         keys = list(grid["vary"])
@@ -105,6 +117,8 @@ def expand_runs(grid, token_budget=TOKEN_BUDGET, source=None):
             runs.append({"name": "_".join(f"{key}_{value}" for key, value in varied.items()), **varied})
     else:
         runs = grid["runs"]
+    if "seeds" in grid:
+        runs = [{**run, "seed": seed} for run in runs for seed in grid["seeds"]]
     expanded = []
     for run in runs:
         varied = {key: value for key, value in run.items() if key != "name"}
@@ -362,16 +376,23 @@ def plot_grid(records, out_dir, grid_name):
 
 
 def _curves(records, points_of, with_seed, axis_labels, title, path):
-    """One line per record through points_of(record) [(x, y)], labelled by its name (and seed)."""
+    """One line per record through points_of(record) [(x, y)], labelled by its name (and seed):
+    one colour per name, and with_seed one line style per seed (solid, dashed, dotted, ...)."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
+    names = list(dict.fromkeys(r["experiment_name"] for r in records))
+    seeds = list(dict.fromkeys(r.get("seed") for r in records))
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    styles = ("-", "--", ":", "-.")
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
     for r in records:
         points = points_of(r)
         if points:
             name = f"{r['experiment_name']} (seed {r['seed']})" if with_seed else r["experiment_name"]
-            axes.plot(*zip(*points), label=name, linewidth=1)
+            axes.plot(*zip(*points), label=name, linewidth=1, color=palette(names.index(r["experiment_name"])),
+                      linestyle=styles[seeds.index(r.get("seed")) % len(styles)] if with_seed else "-")
     axes.set_xlabel(axis_labels[0])
     axes.set_ylabel(axis_labels[1])
     axes.set_title(title)

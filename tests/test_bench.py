@@ -48,14 +48,20 @@ def test_bad_bench_arguments_are_one_line_errors(args, message):
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_memory_bench_measures_each_engine_in_its_own_process_shape(monkeypatch):
+@pytest.mark.parametrize("engine", ["nanollm", "nanollm-checkpointed", "nanollm-checkpointed-fused"])
+def test_memory_bench_measures_each_engine_in_its_own_process_shape(monkeypatch, engine):
     """The GPT-2 124M memory bench's measurement, on a tiny model in this process (the real one takes minutes)."""
     from nanollm.tools import memory_bench
 
     monkeypatch.setattr(memory_bench, "GPT2_124M", dict(vocab_size=50, embedding_dim=16, num_layers=2, num_heads=2,
                                                        ffn_hidden_dim=32, max_seq_len=16))
-    row = memory_bench.measure("nanollm-checkpointed", batch_size=2, steps=2)
-    assert row["engine"] == "nanollm-checkpointed" and row["seq_len"] == 16 and row["steps"] == 2
+    import nanollm
+
+    built, real = [], nanollm.train_with_config  # the config each engine trains with
+    monkeypatch.setattr(nanollm, "train_with_config", lambda model, tokens, cfg: built.append(cfg) or real(model, tokens, cfg))
+    row = memory_bench.measure(engine, batch_size=2, steps=2)
+    assert {key: built[0][key] for key in memory_bench.NANOLLM_ENGINES[engine]} == memory_bench.NANOLLM_ENGINES[engine]
+    assert row["engine"] == engine and row["seq_len"] == 16 and row["steps"] == 2
     assert row["tokens_per_second"] == pytest.approx(32 / row["seconds_per_step"])
     assert row["peak_resident_bytes"] >= row["resident_before_model_bytes"] > 0
 
@@ -68,7 +74,8 @@ def test_bench_configs_gpt2_124m_runs_the_memory_bench_in_fresh_processes(monkey
     calls = []
     monkeypatch.setattr(memory_bench, "main", calls.append)
     bench.main([], args=args)
-    assert calls == [["--batch-sizes", "4", "8", "--engines", "nanollm", "nanollm-checkpointed"]]
+    assert calls == [["--batch-sizes", "4", "8", "--engines", "nanollm", "nanollm-checkpointed",
+                      "nanollm-checkpointed-fused"]]
 
 
 def test_interleaved_rounds_alternate_fresh_processes_and_report_ratios_memory_and_steal(monkeypatch, capsys):

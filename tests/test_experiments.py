@@ -118,6 +118,8 @@ def test_a_user_grid_file_runs_from_the_command_line(tmp_path, monkeypatch, caps
     ('name = "x y"\n[vary]\nnum_layers = [1]\n', "name must be a word"),
     ('name = "x"\nruns = []\nsteps = 3\n', "unknown entries ['steps']"),
     ('name = "x"\n[vary]\nnum_layers = []\n', "non-empty list"),
+    ('name = "x"\nseeds = [1, 1]\n[vary]\nnum_layers = [1]\n', "seeds must be a non-empty list of distinct integers"),
+    ('name = "x"\nseeds = [1, 2]\n[base]\nseed = 3\n[vary]\nnum_layers = [1]\n', "clashes with seeds = [1, 2]"),
 ])
 def test_bad_grid_files_are_one_line_errors(tmp_path, monkeypatch, capsys, text, phrase):
     monkeypatch.chdir(tmp_path)

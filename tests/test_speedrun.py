@@ -196,6 +196,26 @@ def test_a_time_budget_grid_keeps_num_steps_and_plots_validation_against_time(tm
     assert tmp_path / "budget_val_loss_vs_time.png" in plots
 
 
+def test_the_speedrun_ablation_grid_adds_one_piece_a_run_with_two_seeds_and_even_evaluations():
+    """experiments/speedrun.toml: 8 runs x seeds 1 and 2 (each run's seeds side by side, for two
+    MPI ranks), a 10-minute budget, an evaluation every 384k training tokens in every run."""
+    from pathlib import Path
+
+    from nanollm.experiments import expand_runs, load_grid
+    from nanollm.model_config import build_training_model
+
+    grid = load_grid(Path(__file__).parent.parent / "experiments" / "speedrun.toml")
+    runs = expand_runs(grid)
+    assert [(name, cfg["seed"]) for name, _, cfg in runs][:4] == [("1_nanogpt", 1), ("1_nanogpt", 2),
+                                                                    ("2_llama", 1), ("2_llama", 2)]
+    assert len(runs) == 16 and {cfg["max_train_seconds"] for _, _, cfg in runs} == {600}
+    assert {cfg["eval_interval"] * cfg["batch_size"] * cfg["max_seq_len"] for _, _, cfg in runs} == {384_000}
+    last = runs[-1][2]
+    assert (last["architecture"], last["qk_norm"], last["logit_softcap"], last["optimizer"]) == ("llama", True, 30.0, "muon")
+    for _, _, cfg in runs[::2]:
+        assert build_training_model(cfg, 65).num_parameters() > 790_000
+
+
 def test_experiments_seconds_turns_any_grid_into_a_time_budget(tmp_path):
     from nanollm.cli import main
 

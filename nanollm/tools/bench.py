@@ -47,8 +47,8 @@ CONFIGS = {
              "max_seq_len": 16, "batch_size": 4},
 }
 # Configs too big for in-process timing: each engine runs in a fresh process (peak memory is per process).
-MEMORY_CONFIGS = {"gpt2-124m": "GPT-2 124M at T=1024, B=4 and 8, nanollm with and without activation checkpointing "
-                               "and PyTorch eager (nanollm.tools.memory_bench)"}
+MEMORY_CONFIGS = {"gpt2-124m": "GPT-2 124M at T=1024, B=4 and 8: nanollm as it stores, with activation checkpointing, "
+                               "with checkpointing and fused attention; PyTorch eager (nanollm.tools.memory_bench)"}
 PYTORCH_HINT = "PyTorch not installed (optional: pip install torch==2.13.0)"
 
 

@@ -1,7 +1,8 @@
 """python -m nanollm.tools.memory_bench: a GPT-2 124M train step on a laptop: tokens/s and peak memory.
 
-    python -m nanollm.tools.memory_bench                       # B=4, T=1024: nanollm with and without
-                                                               # activation checkpointing, PyTorch eager
+    python -m nanollm.tools.memory_bench                       # B=4, T=1024: nanollm as it stores,
+                                                               # checkpointed, checkpointed + fused
+                                                               # attention; PyTorch eager
     python -m nanollm.tools.memory_bench --batch-sizes 4 8 --engines nanollm-checkpointed torch
 
 Each engine runs in a fresh process (peak resident memory is a per-process figure): it builds
@@ -23,15 +24,20 @@ import numpy as np
 
 GPT2_124M = dict(vocab_size=50257, embedding_dim=768, num_layers=12, num_heads=12, ffn_hidden_dim=3072,
                  max_seq_len=1024)
-ENGINES = ("nanollm", "nanollm-checkpointed", "torch")
+# engine -> the nanollm config keys it sets (torch: PyTorch eager)
+NANOLLM_ENGINES = {"nanollm": {},
+                   "nanollm-checkpointed": {"activation_checkpointing": True},
+                   "nanollm-checkpointed-fused": {"activation_checkpointing": True, "fused_attention": True}}
+ENGINES = (*NANOLLM_ENGINES, "torch")
 
 
 def peak_resident_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_nanollm(batch_size, steps, checkpointing, seed=0):
-    """Seconds of the last of ``steps`` train steps (train_with_config's loop, AdamW)."""
+def run_nanollm(batch_size, steps, options, seed=0):
+    """Seconds of the last of ``steps`` train steps (train_with_config's loop, AdamW) with the
+    config keys in options (activation_checkpointing, fused_attention)."""
     from nanollm import train_with_config
     from nanollm.model_config import build_model
 
@@ -39,7 +45,7 @@ def run_nanollm(batch_size, steps, checkpointing, seed=0):
     tokens = np.random.default_rng(seed).integers(0, GPT2_124M["vocab_size"], 200_000)
     results = train_with_config(model, tokens, {"num_steps": steps, "batch_size": batch_size, "val_fraction": 0.0,
                                                 "eval_interval": 0, "log_interval": 1, "seed": seed,
-                                                "activation_checkpointing": checkpointing})
+                                                **options})
     last = results["history"][-1]
     return batch_size * GPT2_124M["max_seq_len"] / last["tokens_per_second"]
 
@@ -75,7 +81,7 @@ def measure(engine, batch_size, steps):
     if engine == "torch":
         seconds = run_torch(batch_size, steps)
     else:
-        seconds = run_nanollm(batch_size, steps, checkpointing=engine == "nanollm-checkpointed")
+        seconds = run_nanollm(batch_size, steps, NANOLLM_ENGINES[engine])
     tokens = batch_size * GPT2_124M["max_seq_len"]
     return {"engine": engine, "batch_size": batch_size, "seq_len": GPT2_124M["max_seq_len"], "steps": steps,
             "seconds_per_step": seconds, "tokens_per_second": tokens / seconds,
@@ -114,9 +120,9 @@ def main(argv=None):
             row = measure_in_subprocess(engine, batch_size, args.steps)
             rows.append(row)
             if "error" in row:
-                print(f"B={batch_size:<2} {engine:<21} failed: {row['error']}")
+                print(f"B={batch_size:<2} {engine:<26} failed: {row['error']}")
                 continue
-            print(f"B={batch_size:<2} {engine:<21} {row['seconds_per_step']:7.1f} s/step "
+            print(f"B={batch_size:<2} {engine:<26} {row['seconds_per_step']:7.1f} s/step "
                   f"{row['tokens_per_second']:8.0f} tokens/s  peak resident {gib(row['peak_resident_bytes'])} "
                   f"(before the model {gib(row['resident_before_model_bytes'])})", flush=True)
     if args.json:
