@@ -7,6 +7,10 @@ from nanollm import mpi_launch
 
 mpi_launch.share_cores_between_ranks()  # before NumPy starts OpenBLAS's threads: k ranks share the cores
 
+from nanollm import heap
+
+heap.keep_freed_memory()  # each step's activations reuse the last step's pages (no page faults)
+
 from nanollm.checkpoint import load_checkpoint, save_checkpoint
 from nanollm.generate import generate_text
 from nanollm.model import GPT, TransformerLanguageModel

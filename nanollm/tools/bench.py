@@ -22,7 +22,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 from nanollm import backends
 from nanollm.backends import auto, numpy_ref
 from nanollm.model_config import KEYS as MODEL_KEYS, ModelConfig, build_model
+from nanollm.tools.memory_bench import peak_resident_bytes
 from nanollm.train import train_with_config
 
 # The two configs the kernels issue measures against PyTorch, plus a tiny one for --quick.
@@ -222,7 +222,7 @@ def step_figures(engine, config_name, steps, warmup):
             raise RuntimeError(PYTORCH_HINT)
     else:
         figures = train_step_timing(engine, cfg, steps, warmup=warmup)
-    figures["peak_resident_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    figures["peak_resident_bytes"] = peak_resident_bytes()
     return figures
 
 
@@ -430,14 +430,15 @@ def main(argv=None, args=None):
 
     table_cfg = CONFIGS[args.configs[0]]
     names = [b for b in args.backends if b != "auto"]  # auto's primitives are theirs, marked *
-    results["primitives"] = table = time_primitives(names, table_cfg, args.repeat)
-    print(f"primitives, ms per call, float32, shapes of {args.configs[0]} (auto's pick marked *):")
-    rows = []
-    for primitive, timings in table.items():
-        rows.append([primitive] + [(f"{timings[b]:.3f}" + ("*" if picked.get(primitive) == b else " "))
-                                   if b in timings else "" for b in names])
-    print_table(["primitive"] + names, rows)
-    print()
+    if names:  # (--backends auto alone: no table)
+        results["primitives"] = table = time_primitives(names, table_cfg, args.repeat)
+        print(f"primitives, ms per call, float32, shapes of {args.configs[0]} (auto's pick marked *):")
+        rows = []
+        for primitive, timings in table.items():
+            rows.append([primitive] + [(f"{timings[b]:.3f}" + ("*" if picked.get(primitive) == b else " "))
+                                       if b in timings else "" for b in names])
+        print_table(["primitive"] + names, rows)
+        print()
 
     results["train_step"] = {}
     for config_name in args.configs:

@@ -32,7 +32,13 @@ ENGINES = (*NANOLLM_ENGINES, "torch")
 
 
 def peak_resident_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident set: /proc's VmHWM on Linux. Not ru_maxrss, which Linux
+    carries across fork and exec, so a child started by a big parent reported the parent's size."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024  # kB
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def run_nanollm(batch_size, steps, options, seed=0):
