@@ -42,6 +42,7 @@ def test_bench_help_lists_options_with_defaults():
     (["--configs", "huge"], "unknown config 'huge'"),
     (["--backends", "tpu"], "unknown backend 'tpu'"),
     (["--steps", "0"], "--steps must be >= 1"),
+    (["--busy", "-1"], "--busy must be >= 0"),
 ])
 def test_bad_bench_arguments_are_one_line_errors(args, message):
     done = run_bench(*args)
@@ -110,3 +111,13 @@ def test_bench_interleaves_nanollm_and_pytorch_in_fresh_processes(tmp_path):
     assert "interleaved, tiny: 2 rounds of fresh processes" in done.stdout
     interleaved = json.loads((tmp_path / "bench.json").read_text())["interleaved"]["tiny"]
     assert len(interleaved["ratios"]["pytorch"]) == 2 and interleaved["peak_resident_bytes"]["auto"] > 0
+
+
+def test_busy_processes_spin_while_the_block_runs_and_are_gone_after():
+    from nanollm.tools.bench import busy_processes
+
+    with busy_processes(2) as spinners:
+        assert len(spinners) == 2 and all(p.poll() is None for p in spinners)
+    assert all(p.poll() is not None for p in spinners)
+    with busy_processes(0) as none:
+        assert none == []

@@ -12,6 +12,8 @@ Everything is measured in one run, side by side (the machine is shared and noisy
      load the machine showed meanwhile. On a shared machine this is the figure to quote: one
      long run of each engine meets a different machine;
   6. with --threads: how Numba's threads and OpenBLAS's share the cores (subprocesses).
+With --busy N, sections 5 and 6 run while N other processes spin on the CPU: a loaded machine
+on purpose, to see which engine and which thread setup lose most when a core is taken.
 Figures are medians over the timed steps. Nothing here asserts a speed; it prints what it saw.
 """
 
@@ -226,6 +228,18 @@ def step_figures(engine, config_name, steps, warmup):
     return figures
 
 
+@contextlib.contextmanager
+def busy_processes(count):
+    """``count`` Python processes spinning while the block runs (a loaded machine, on purpose)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield spinners
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def cpu_times():
     """(steal, total) jiffies of all CPUs from /proc/stat, or None off Linux."""
     try:
@@ -251,7 +265,11 @@ def interleaved_rounds(config_name, engines, rounds, steps):
     return {"rounds": results, "steal": steal, "load": os.getloadavg()[0]}
 
 
-def report_rounds(config_name, measured, engines):
+def _beside(busy):
+    return f", {busy} busy process{'es' if busy > 1 else ''} spinning beside it" if busy else ""
+
+
+def report_rounds(config_name, measured, engines, busy=0):
     """Print the rounds: tokens/s per engine, nanollm / each PyTorch engine, medians, peak memory."""
     base, others = engines[0], engines[1:]
     rows, ratios = [], {e: [] for e in others}
@@ -275,7 +293,7 @@ def report_rounds(config_name, measured, engines):
     rows.append(["median", *[""] * len(engines), *[f"{m:.2f}x" if m else "" for m in medians.values()]])
     rows.append(["peak MiB", *[f"{m / 2**20:,.0f}" if m else "" for m in memory.values()], *[""] * len(others)])
     steal = "unknown" if measured["steal"] is None else f"{100 * measured['steal']:.1f}%"
-    print(f"interleaved, {config_name}: {len(measured['rounds'])} rounds of fresh processes, tokens/s "
+    print(f"interleaved, {config_name}{_beside(busy)}: {len(measured['rounds'])} rounds of fresh processes, tokens/s "
           f"(steal time {steal} of all CPU time meanwhile, load {measured['load']:.2f} at the end):")
     print_table(["round", *engines, *[f"{base} / {e}" for e in others]], rows)
     for engine in engines:
@@ -357,6 +375,8 @@ def add_arguments(parser):
     parser.add_argument("--rounds", type=int, default=5,
                         help="interleaved rounds of fresh processes, auto against PyTorch (0: none)")
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the interleaved rounds")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="run the interleaved rounds and --threads with this many processes spinning beside them")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # run_step_subprocess's mode
@@ -378,6 +398,8 @@ def check_arguments(args, parser):
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.rounds < 0:
         parser.error(f"--rounds must be >= 0, got {args.rounds}")
+    if args.busy < 0:
+        parser.error(f"--busy must be >= 0, got {args.busy}")
     if args.backends is None:
         args.backends = [name for name, reason in backends.available().items()  # the CPU's: the GPU has gpu_bench
                          if reason is None and name in backends.HOST_BACKENDS] + ["auto"]
@@ -470,8 +492,10 @@ def main(argv=None, args=None):
         engines = ["auto", "pytorch"] + (["pytorch-compile"] if args.compile else [])
         results["interleaved"] = {}
         for config_name in args.configs:
-            measured = interleaved_rounds(config_name, engines, args.rounds, steps_for(args, config_name))
-            results["interleaved"][config_name] = {**measured, **report_rounds(config_name, measured, engines)}
+            with busy_processes(args.busy):
+                measured = interleaved_rounds(config_name, engines, args.rounds, steps_for(args, config_name))
+            results["interleaved"][config_name] = {**measured, **report_rounds(config_name, measured, engines,
+                                                                               args.busy)}
 
     jitted = [b for b in args.backends if b in ("numba", "auto")]
     if jitted:
@@ -484,8 +508,9 @@ def main(argv=None, args=None):
 
     if args.threads:
         config_name = args.configs[0]
-        results["threads"] = sharing = thread_sharing(config_name, steps_for(args, config_name))
-        print(f"thread sharing, numba backend, {config_name}:")
+        with busy_processes(args.busy):
+            results["threads"] = sharing = thread_sharing(config_name, steps_for(args, config_name))
+        print(f"thread sharing, numba backend, {config_name}{_beside(args.busy)}:")
         print_table(["setup", "ms/step", "tokens/s"],
                     [[label, f"{fig['ms_per_step']:.1f}", f"{fig['tokens_per_second']:,.0f}"] if "error" not in fig
                      else [label, "failed", fig["error"]] for label, fig in sharing.items()])
