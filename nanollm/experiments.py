@@ -87,8 +87,9 @@ def load_grid(path):
     if not (isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds) and len(set(seeds)) == len(seeds)):
         raise ValueError(f"grid file {str(path)!r}: seeds must be a non-empty list of distinct integers, "
                          f"e.g. seeds = [1, 2]; got {seeds!r}")
-    runs = grid.get("runs", []) + [grid.get("base", {}), grid.get("vary", {})]
-    if "seeds" in grid and any("seed" in run for run in runs):
+    runs = grid["runs"] if isinstance(grid.get("runs"), list) else []
+    if "seeds" in grid and any(isinstance(run, dict) and "seed" in run
+                               for run in runs + [grid.get("base", {}), grid.get("vary", {})]):
         raise ValueError(f"grid file {str(path)!r}: a seed set in base, vary or a run clashes with seeds = {seeds}; "
                          f"keep one of them")
     if not isinstance(grid.get("name"), str) or not grid["name"].replace("_", "").replace("-", "").isalnum():
