@@ -83,15 +83,16 @@ def load_grid(path):
     if unknown:
         raise ValueError(f"grid file {str(path)!r}: unknown entries {unknown}; a grid has name, base, vary or runs, "
                          f"and seeds")
-    seeds = grid.get("seeds", [0])
-    if not (isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds) and len(set(seeds)) == len(seeds)):
-        raise ValueError(f"grid file {str(path)!r}: seeds must be a non-empty list of distinct integers, "
-                         f"e.g. seeds = [1, 2]; got {seeds!r}")
-    runs = grid["runs"] if isinstance(grid.get("runs"), list) else []
-    if "seeds" in grid and any(isinstance(run, dict) and "seed" in run
-                               for run in runs + [grid.get("base", {}), grid.get("vary", {})]):
-        raise ValueError(f"grid file {str(path)!r}: a seed set in base, vary or a run clashes with seeds = {seeds}; "
-                         f"keep one of them")
+    if "seeds" in grid:
+        seeds = grid["seeds"]
+        if not (isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)
+                and len(set(seeds)) == len(seeds)):
+            raise ValueError(f"grid file {str(path)!r}: seeds must be a non-empty list of distinct integers, "
+                             f"e.g. seeds = [1, 2]; got {seeds!r}")
+        runs = grid["runs"] if isinstance(grid.get("runs"), list) else []
+        if any(isinstance(run, dict) and "seed" in run for run in runs + [grid.get("base", {}), grid.get("vary", {})]):
+            raise ValueError(f"grid file {str(path)!r}: a seed set in base, vary or a run clashes with "
+                             f"seeds = {seeds}; keep one of them")
     if not isinstance(grid.get("name"), str) or not grid["name"].replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"grid file {str(path)!r}: name must be a word (letters, digits, - and _), "
                          f"got {grid.get('name')!r}")
