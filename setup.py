@@ -41,7 +41,8 @@ setup(
     packages=find_packages(include=["nanollm", "nanollm.*"]),
     package_data={"nanollm.backends": ["cuda/*.cu"]},  # the cupy backend's kernels, compiled at run time (NVRTC)
     ext_modules=cython_extensions(),
-    install_requires=["numpy>=1.26", "numba>=0.59", "cython>=3.0", "matplotlib>=3.7", "tqdm>=4.60"],
+    install_requires=["numpy>=1.26", "numba>=0.59", "cython>=3.0", "matplotlib>=3.7", "tqdm>=4.60",
+                      "threadpoolctl>=3.1"],  # threadpoolctl: BLAS on one thread while batch shards run (nanollm.shards)
     extras_require={
         # nbclient + ipykernel: tests/test_notebooks.py executes the notebooks in this environment
         "test": ["pytest>=7", "hypothesis>=6", "safetensors>=0.4", "gguf>=0.10", "nbclient>=0.7", "nbformat>=5.7",

@@ -108,6 +108,7 @@ DEFAULTS = {
     "activation_checkpointing": False,  # keep only each block's input, recompute the block in the backward: the same gradients, ~1/3 more compute, far less memory
     "fused_attention": False,     # attention in one fused kernel that keeps no T x T probabilities (FlashAttention-2): less memory at long T, slower than BLAS on small CPUs
     "seed": 1337,                 # seeds batches, dropout and, for new models, the weights
+    "threads": None,              # CPU: split each micro-batch's rows into this many shards run at once, BLAS on one thread in each (nanollm.shards; None: the cores, shared by mpiexec's ranks on the machine; 1: off; without dropout only)
     # ---- data parallel (mpiexec -n N; see nanollm.distributed) ----
     "param_check_interval": 100,  # steps between checks that every rank holds the same parameters (0: start and end only)
 }
@@ -121,11 +122,12 @@ OPTIONAL_TYPES = {
     **model_config.TYPES,
     "eval_steps": int, "epochs": int, "decay_steps": int, "max_train_seconds": float, "patience": int, "rl_top_k": int,
     "checkpoint_dir": str, "resume_from": str, "init_from": str, "dtype": str, "backend": str, "no_decay": list,
+    "threads": int,
 }
 CHOICES = {"architecture": model_config.ARCHITECTURES, "optimizer": tuple(OPTIMIZERS), "lr_schedule": SCHEDULES,
            "dtype": model_config.DTYPES + model_config.HALF_DTYPES, "backend": backends.names(),
            "muon_adjust_lr": MUON_ADJUST_LR, "rl_normalisation": ("token", "sequence")}
-POSITIVE = ("learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size", "sample_length",
+POSITIVE = ("threads", "learning_rate", "batch_size", "num_steps", "grad_accum_steps", "eval_steps", "step_size", "sample_length",
             "epochs", "max_train_seconds", "patience", "eps", "lora_alpha", "muon_learning_rate", "muon_ns_steps", "sophia_rho",
             "sophia_hessian_interval", "rl_group_size", "rl_prompts_per_step", "rl_inner_epochs", "rl_top_k",
             "rl_max_new_tokens", "dpo_beta")

@@ -24,6 +24,7 @@ explicit recompute, no tape): the same arithmetic on the same inputs, so the sam
 bit for bit, for about a third more compute and one block's cache alive instead of L.
 """
 
+import copy
 import math
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -226,6 +227,14 @@ class TransformerLanguageModel:
         self.config = ModelConfig.from_dict({**self.config, "lora": None}).to_dict()
         self._update_layout()
         return self
+
+    def replica(self):
+        """This model for another thread (nanollm.shards): the same parameter dict, so the same
+        weights and every update of them, the same settings and dropout generator; its own
+        forward caches, so its forward and backward can run while this model's do."""
+        twin = copy.copy(self)
+        twin._cache = None
+        return twin
 
     def num_parameters(self):
         """Total number of parameters (a tied output layer counted once, as wte)."""

@@ -3,7 +3,9 @@
     micro-batches  forward and backward each (half precision: a half copy of the weights
                    computes and float16 scales its loss); each gradient, times the micro-batch's
                    counted targets, is added into one flat gradient buffer in the weights' dtype,
-                   with the loss, the counts and the top-1 hits beside it
+                   with the loss, the counts and the top-1 hits beside it; on a CPU each
+                   micro-batch's rows are split into ``threads`` shards that run at once
+                   (nanollm.shards), added shard by shard in order
     ranks          one Allreduce sums every rank's buffer (alone: nothing to do)
     mean           1 / the step's counted targets, folded into grad_scale: the gradient of one
                    big batch without another pass over the buffer
@@ -31,7 +33,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from nanollm import backends, distributed
+from nanollm import backends, distributed, shards
 from nanollm.ops.cross_entropy import IGNORE_INDEX, correct_predictions
 from nanollm.optim import apply_hessian, apply_update, clip_coefficient, decays, global_grad_norm, rule_for
 from nanollm.precision import HALF_DTYPES, LossScaler, compute_dtype, computing_in
@@ -68,27 +70,29 @@ class TrainingStep:
         self.last_good_values = xp.zeros(2, dtype=xp.float64)  # the loss and norm of the last step before it
         self.communication_seconds = 0.0  # spent in the gradient Allreduce, waiting for other ranks included
         self.accuracy = xp.asarray(0.0)  # the last step's top-1 accuracy over its counted targets (device)
+        self.threads = shards.step_threads(cfg["threads"], model, xp)  # shards per micro-batch (1: none)
 
     def __call__(self, index, batches, lr):
         """Train on ``batches`` [(inputs, targets), ...] (host ids, (b, T) each) as 0-based step
         ``index`` at learning rate lr: (loss, gradient norm, windows of every rank)."""
-        loss, grad_sums, grad_factor, windows = self.accumulate(batches, self.loss_and_backward)
+        loss, grad_sums, grad_factor, windows = self.accumulate(batches, self.loss_and_backward, threads=self.threads)
         grad_norm, grad_scale = self.guard(index, loss, grad_sums, grad_factor)
         self.update(grad_sums, lr, grad_scale)
         if self.hessian_interval is not None and (index + 1) % self.hessian_interval == 0:
             self.estimate_hessian(index, batches)
         return loss, grad_norm, windows
 
-    def loss_and_backward(self, inputs, targets, dloss):
+    def loss_and_backward(self, inputs, targets, dloss, model=None):
         """The supervised micro-batch: (mean loss over counted targets, gradients of dloss x it,
         counted targets predicted right by the top-1 token). A loss of another kind (post-training)
-        returns None for the last."""
-        logits, loss = self.model.forward(inputs, targets)
+        returns None for the last. model: the model or a replica of it (a shard's thread)."""
+        model = self.model if model is None else model
+        logits, loss = model.forward(inputs, targets)
         correct = correct_predictions(logits, targets)
         del logits
-        return loss, self.model.backward(dloss=dloss), correct
+        return loss, model.backward(dloss=dloss), correct
 
-    def accumulate(self, batches, loss_and_backward, buffer=None):
+    def accumulate(self, batches, loss_and_backward, buffer=None, threads=1):
         """(loss, gradient sums, gradient factor, windows) of the step over every rank's
         micro-batches: each micro-batch's mean loss and gradient count for its counted targets (a
         smaller last micro-batch, or one with more masked prompt tokens, counts for less), so
@@ -96,7 +100,8 @@ class TrainingStep:
         the gradient is the sums (views into the buffer) times the factor, 1 / counted targets
         (0-d), which the guard folds into grad_scale. All stay on the device; float16's sums are
         still scaled by its loss scale. buffer: where the sums go (default: the step's own, and
-        then the step's top-1 accuracy is left in self.accuracy)."""
+        then the step's top-1 accuracy is left in self.accuracy). threads > 1: each micro-batch
+        runs as that many shards at once (nanollm.shards; loss_and_backward then takes model=)."""
         buffer = self.buffer if buffer is None else buffer
         buffer.zero_counts()
         dloss = 1.0 if self.scaler is None else self.scaler.scale  # float16: the scaled loss's gradient
@@ -104,9 +109,12 @@ class TrainingStep:
         quiet = np.errstate(over="ignore", invalid="ignore") if self.scaler is not None else nullcontext()
         # mixed precision: the half-precision weights are cast once per step, shared by its micro-batches
         with computing_in(self.model, self.half), quiet:
-            for number, (inputs, targets) in enumerate(batches):
+            if threads > 1:
+                results = shards.sharded(self.model, batches, loss_and_backward, dloss, threads)
+            else:
+                results = ((inputs, targets, loss_and_backward(inputs, targets, dloss)) for inputs, targets in batches)
+            for number, (inputs, targets, (loss, grads, correct)) in enumerate(results):
                 counted = int((targets != IGNORE_INDEX).sum())  # host ids: no device read
-                loss, grads, correct = loss_and_backward(inputs, targets, dloss)
                 buffer.add(grads, counted, first=number == 0)
                 buffer.add_counts(loss, counted, len(inputs), correct)
                 del grads  # freed before the next micro-batch's backward allocates its own

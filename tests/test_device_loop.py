@@ -21,8 +21,9 @@ def tiny_model(vocab_size, dtype="float32"):
                                     max_seq_len=16, dtype=dtype, seed=0)
 
 
+# threads=1: the backward hooks below count calls per micro-batch (shards would add calls, from two threads)
 CFG = {"batch_size": 4, "grad_accum_steps": 2, "num_steps": 12, "learning_rate": 3e-3, "max_grad_norm": 0.5,
-       "log_interval": 5, "eval_interval": 0, "val_fraction": 0.0}
+       "log_interval": 5, "eval_interval": 0, "val_fraction": 0.0, "threads": 1}
 
 
 class GpuPath:

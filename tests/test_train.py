@@ -175,7 +175,7 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(ids, text_a
 
     model.forward = forward
     results = train_with_config(model, ids, quiet(num_steps=10, checkpoint_interval=2, val_fraction=0.0,
-                                                  checkpoint_dir=str(tmp_path)))
+                                                  checkpoint_dir=str(tmp_path), threads=1))  # one thread: a patched forward
     good = str(tmp_path / "checkpoint_step_4.npz")
     assert results["steps"] == 4 and results["last_good_checkpoint"] == good and results["diverged"]
     assert results["stopped_because"].startswith("diverged at step 5: loss is nan")
@@ -198,7 +198,7 @@ def test_a_nan_gradient_stops_before_the_update(ids, text_and_tokenizer):
         return grads
 
     model.backward = backward
-    results = train_with_config(model, ids, quiet(num_steps=10, val_fraction=0.0))
+    results = train_with_config(model, ids, quiet(num_steps=10, val_fraction=0.0, threads=1))  # counts backward calls
     assert results["steps"] == 2 and "diverged at step 3: gradient norm is inf" in results["stopped_because"]
     assert all(np.isfinite(p).all() for p in model.params.values())
 

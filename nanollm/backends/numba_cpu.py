@@ -39,8 +39,8 @@ FASTMATH = {"reassoc", "contract", "arcp", "nsz"}  # no "nnan"/"ninf": NaN and I
 # pool fighting it for them made the train step slower (BENCHMARKS.md, "thread sharing").
 # NANOLLM_NUMBA_PARALLEL=1 compiles the prange loops multi-threaded, to measure that again.
 PARALLEL = os.environ.get("NANOLLM_NUMBA_PARALLEL") == "1"
-_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=PARALLEL)
-_serial_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=PARALLEL, nogil=True)
+_serial_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
 _inline = njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 
 GELU_SCALE, GELU_CUBIC = numpy_ref.GELU_SCALE, numpy_ref.GELU_CUBIC

@@ -1,0 +1,101 @@
+"""Batch shards on threads: each micro-batch's rows split across the CPU's cores, every shard's
+forward and backward running at once on the same weights.
+
+Why: BLAS threads only the big matrix products. The rest of a CPU train step (the per-head
+attention products, each too small for BLAS to thread, and the serial kernels: softmax,
+layernorm, GELU, cross-entropy) ran on one core while OpenBLAS's idle thread spun on the other
+(measured at nanoGPT's CPU config on 2 cores: 1 of 2 cores' worth of CPU time while a (48, 64,
+32) batch of products ran, and 2 shards on 2 threads took half the time with BLAS on one
+thread; BENCHMARKS.md has the step figures). So while shards run, BLAS runs one thread in each
+of them and every kernel runs beside its twin.
+
+The shards are micro-batches: the step adds each one's gradient, times its counted targets,
+into the gradient buffer in shard order, exactly as gradient accumulation adds micro-batches.
+So a step equals one big batch (to float rounding, as accumulation does), and the same
+threads give bit-identical runs whatever the threads' timing. Another thread count splits
+the rows differently: the same run to rounding, not bit for bit (set ``threads`` explicitly
+to repeat a run bit for bit on another machine).
+
+Each shard computes on a replica of the model (nanollm.model: the same parameter dict, its own
+forward caches). Shards never draw random numbers: the step runs on one thread when the model
+has dropout (two shards drawing masks from one generator would take them in the threads'
+order), on a GPU, and for the post-training losses, which keep state of their own.
+"""
+
+import contextvars
+from concurrent.futures import ThreadPoolExecutor, wait
+
+from nanollm.mpi_launch import cores, launched_ranks
+
+_pools = {}        # workers -> the ThreadPoolExecutor that runs shards 1 .. workers (shard 0 runs in the caller)
+_blas = []         # threadpoolctl's controller of the loaded BLAS libraries, made on first use
+
+
+def auto_threads():
+    """The threads a step uses by default: this process's cores, shared between the ranks that
+    mpiexec started on this machine (so 2 ranks on 2 cores take one thread each)."""
+    return max(1, cores() // launched_ranks()[2])
+
+
+def draws_random_numbers(model):
+    """Whether a training forward of ``model`` draws from its dropout generator (dropout on the
+    activations or on LoRA's adapter inputs)."""
+    lora_dropout = model.lora["dropout"] if model.lora else 0.0
+    return model.dropout > 0 or lora_dropout > 0
+
+
+def step_threads(requested, model, xp):
+    """The threads a training step shards its micro-batches over: ``requested`` (None: auto_threads()),
+    or 1 where shards cannot run (a GPU's arrays, a model that draws dropout masks)."""
+    threads = auto_threads() if requested is None else requested
+    if xp.__name__ != "numpy" or draws_random_numbers(model):
+        return 1
+    return threads
+
+
+def shard_slices(rows, count):
+    """Row slices of ``rows`` rows into min(count, rows) shards whose sizes differ by at most one,
+    the larger first (as numpy.array_split): 12 rows in 2 -> [0:6], [6:12]."""
+    count = max(1, min(count, rows))
+    size, extra = divmod(rows, count)
+    bounds = [0]
+    for index in range(count):
+        bounds.append(bounds[-1] + size + (index < extra))
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
+def single_threaded_blas():
+    """A context manager in which every loaded BLAS library runs one thread (threadpoolctl),
+    restoring each one's count after."""
+    if not _blas:
+        from threadpoolctl import ThreadpoolController
+
+        _blas.append(ThreadpoolController().select(user_api="blas"))
+    return _blas[0].limit(limits=1)
+
+
+def _pool(workers):
+    if workers not in _pools:
+        _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nanollm-shard")
+    return _pools[workers]
+
+
+def sharded(model, batches, loss_and_backward, dloss, threads):
+    """Yield (inputs, targets, (loss, grads, correct)) of every shard of every micro-batch in
+    ``batches`` [(inputs, targets), ...], in order: micro-batch by micro-batch, each one's rows
+    split in shard_slices(rows, threads), all its shards running at once. Shard 0 runs in the
+    calling thread, the rest on a pool; BLAS runs one thread meanwhile.
+    loss_and_backward(inputs, targets, dloss, model=replica) -> (loss, grads, correct)."""
+    pool = _pool(threads - 1) if threads > 1 else None
+    with single_threaded_blas():
+        for inputs, targets in batches:
+            parts = [(inputs[rows], targets[rows]) for rows in shard_slices(len(inputs), threads)]
+            # each worker runs in a copy of this thread's context (numpy's errstate lives there)
+            futures = [pool.submit(contextvars.copy_context().run, loss_and_backward, *part, dloss, model=model.replica())
+                       for part in parts[1:]]
+            try:
+                yield (*parts[0], loss_and_backward(*parts[0], dloss, model=model.replica()))
+                for part, future in zip(parts[1:], futures):
+                    yield (*part, future.result())
+            finally:  # after an error (or an early stop) no shard is left running on the weights
+                wait(futures)
