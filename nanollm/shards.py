@@ -27,6 +27,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from nanollm.mpi_launch import cores, launched_ranks
 
+# threads=None (auto) keeps at least this many tokens (rows x T) in a shard: below it the threads'
+# hand-offs and their Python, one at a time under the GIL, cost more than the cores give (on 2
+# cores: 128 tokens a shard ran 0.77-1.05x one thread, 384 1.2x, 1024-2048 1.3-1.6x; BENCHMARKS.md)
+MIN_SHARD_TOKENS = 256
 _pools = {}        # workers -> the ThreadPoolExecutor that runs shards 1 .. workers (shard 0 runs in the caller)
 _blas = []         # threadpoolctl's controller of the loaded BLAS libraries, made on first use
 
@@ -45,12 +49,21 @@ def draws_random_numbers(model):
 
 
 def step_threads(requested, model, xp):
-    """The threads a training step shards its micro-batches over: ``requested`` (None: auto_threads()),
-    or 1 where shards cannot run (a GPU's arrays, a model that draws dropout masks)."""
-    threads = auto_threads() if requested is None else requested
+    """(threads, min_tokens): the threads a training step shards its micro-batches over, and the
+    fewest tokens a shard may have. requested: the run's ``threads`` (None: auto_threads(), and
+    shards of at least MIN_SHARD_TOKENS; a number: that many, whatever the size). One thread
+    where shards cannot run: a GPU's arrays, a model that draws dropout masks."""
     if xp.__name__ != "numpy" or draws_random_numbers(model):
-        return 1
-    return threads
+        return 1, 1
+    if requested is None:
+        return auto_threads(), MIN_SHARD_TOKENS
+    return requested, 1
+
+
+def shard_count(rows, time, threads, min_tokens=1):
+    """How many shards a micro-batch of ``rows`` x ``time`` tokens splits into: ``threads``, fewer
+    when rows run out or a shard would have fewer than ``min_tokens`` tokens, and at least 1."""
+    return max(1, min(threads, rows, rows * time // min_tokens))
 
 
 def shard_slices(rows, count):
@@ -80,19 +93,23 @@ def _pool(workers):
     return _pools[workers]
 
 
-def sharded(model, batches, loss_and_backward, dloss, threads):
+def sharded(model, batches, loss_and_backward, dloss, threads, min_tokens=1):
     """Yield (inputs, targets, (loss, grads, correct)) of every shard of every micro-batch in
     ``batches`` [(inputs, targets), ...], in order: micro-batch by micro-batch, each one's rows
-    split in shard_slices(rows, threads), all its shards running at once. Shard 0 runs in the
-    calling thread, the rest on a pool; BLAS runs one thread meanwhile.
+    split in shard_slices(rows, shard_count(...)), all its shards running at once. Shard 0 runs
+    in the calling thread, the rest on a pool; BLAS runs one thread meanwhile (a micro-batch of
+    one shard runs as usual, BLAS threads and all).
     loss_and_backward(inputs, targets, dloss, model=replica) -> (loss, grads, correct)."""
-    pool = _pool(threads - 1) if threads > 1 else None
-    with single_threaded_blas():
-        for inputs, targets in batches:
-            parts = [(inputs[rows], targets[rows]) for rows in shard_slices(len(inputs), threads)]
+    for inputs, targets in batches:
+        count = shard_count(*inputs.shape, threads, min_tokens)
+        if count == 1:
+            yield inputs, targets, loss_and_backward(inputs, targets, dloss, model=model)
+            continue
+        parts = [(inputs[rows], targets[rows]) for rows in shard_slices(len(inputs), count)]
+        with single_threaded_blas():
             # each worker runs in a copy of this thread's context (numpy's errstate lives there)
-            futures = [pool.submit(contextvars.copy_context().run, loss_and_backward, *part, dloss, model=model.replica())
-                       for part in parts[1:]]
+            futures = [_pool(threads - 1).submit(contextvars.copy_context().run, loss_and_backward, *part, dloss,
+                                                 model=model.replica()) for part in parts[1:]]
             try:
                 yield (*parts[0], loss_and_backward(*parts[0], dloss, model=model.replica()))
                 for part, future in zip(parts[1:], futures):

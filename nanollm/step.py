@@ -70,7 +70,8 @@ class TrainingStep:
         self.last_good_values = xp.zeros(2, dtype=xp.float64)  # the loss and norm of the last step before it
         self.communication_seconds = 0.0  # spent in the gradient Allreduce, waiting for other ranks included
         self.accuracy = xp.asarray(0.0)  # the last step's top-1 accuracy over its counted targets (device)
-        self.threads = shards.step_threads(cfg["threads"], model, xp)  # shards per micro-batch (1: none)
+        # shards per micro-batch (1: none), and the fewest tokens a shard may have
+        self.threads, self.min_shard_tokens = shards.step_threads(cfg["threads"], model, xp)
 
     def __call__(self, index, batches, lr):
         """Train on ``batches`` [(inputs, targets), ...] (host ids, (b, T) each) as 0-based step
@@ -110,7 +111,7 @@ class TrainingStep:
         # mixed precision: the half-precision weights are cast once per step, shared by its micro-batches
         with computing_in(self.model, self.half), quiet:
             if threads > 1:
-                results = shards.sharded(self.model, batches, loss_and_backward, dloss, threads)
+                results = shards.sharded(self.model, batches, loss_and_backward, dloss, threads, self.min_shard_tokens)
             else:
                 results = ((inputs, targets, loss_and_backward(inputs, targets, dloss)) for inputs, targets in batches)
             for number, (inputs, targets, (loss, grads, correct)) in enumerate(results):

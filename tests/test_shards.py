@@ -36,7 +36,7 @@ def one_step(model, batches, threads, **cfg):
     """The model's trainable parameters after one step on ``batches`` with ``threads``, and the loss."""
     settings = dict(threads=threads, learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0, **cfg)
     step = TrainingStep(model, resolve(settings))
-    assert step.threads == threads
+    assert (step.threads, step.min_shard_tokens) == (threads, 1)  # a number asked for: shards of any size
     loss, _, windows = step(0, batches, 0.5)
     assert windows == sum(len(inputs) for inputs, _ in batches)
     return {name: model.params[name].copy() for name in model.trainable}, float(loss)
@@ -47,6 +47,14 @@ def test_shard_slices_split_rows_evenly_in_order():
     assert shards.shard_slices(7, 3) == [slice(0, 3), slice(3, 5), slice(5, 7)]
     assert shards.shard_slices(1, 2) == [slice(0, 1)]  # fewer rows than threads: one shard a row
     assert shards.shard_slices(5, 1) == [slice(0, 5)]
+
+
+def test_auto_keeps_shards_big_enough_to_pay():
+    assert shards.shard_count(12, 64, 2, shards.MIN_SHARD_TOKENS) == 2  # nanoGPT's CPU config: 384 tokens a shard
+    assert shards.shard_count(4, 64, 2, shards.MIN_SHARD_TOKENS) == 1   # 128 tokens a shard would lose
+    assert shards.shard_count(4, 64, 2) == 2                             # asked for: split anyway
+    assert shards.shard_count(1, 64, 2) == 1
+    assert shards.shard_count(64, 64, 3, shards.MIN_SHARD_TOKENS) == 3
 
 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
@@ -136,9 +144,9 @@ def test_one_thread_where_shards_cannot_run():
     lora_dropout.add_lora(rank=2, dropout=0.1)
     assert TrainingStep(lora_dropout, cfg).threads == 1
     gpu = types.SimpleNamespace(__name__="cupy")
-    assert shards.step_threads(2, small_model(), gpu) == 1
-    assert shards.step_threads(2, small_model(), np) == 2
-    assert shards.step_threads(None, small_model(), np) == shards.auto_threads()
+    assert shards.step_threads(2, small_model(), gpu) == (1, 1)
+    assert shards.step_threads(2, small_model(), np) == (2, 1)
+    assert shards.step_threads(None, small_model(), np) == (shards.auto_threads(), shards.MIN_SHARD_TOKENS)
 
 
 def test_auto_threads_share_the_cores_between_local_ranks(monkeypatch):

@@ -38,6 +38,7 @@ FASTMATH = {"reassoc", "contract", "arcp", "nsz"}  # no "nnan"/"ninf": NaN and I
 # Serial by default: OpenBLAS already keeps both cores busy in the matmuls, and a second thread
 # pool fighting it for them made the train step slower (BENCHMARKS.md, "thread sharing").
 # NANOLLM_NUMBA_PARALLEL=1 compiles the prange loops multi-threaded, to measure that again.
+# nogil: the kernels release the GIL, so batch shards (nanollm.shards) run them on every core at once.
 PARALLEL = os.environ.get("NANOLLM_NUMBA_PARALLEL") == "1"
 _kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=PARALLEL, nogil=True)
 _serial_kernel = njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)

@@ -156,12 +156,13 @@ def time_primitives(names, cfg, repeat):
 # ----------------------------------------------------------------------------- train steps
 
 
-def train_step_timing(backend, cfg, steps, warmup=2):
-    """Time train_with_config's own loop: {ms_per_step, tokens_per_second, first_step_seconds}."""
+def train_step_timing(backend, cfg, steps, warmup=2, threads=None):
+    """Time train_with_config's own loop: {ms_per_step, tokens_per_second, first_step_seconds}.
+    threads: the run's ``threads`` (None: its default, batch shards on every core)."""
     model = bench_model(cfg)
     tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], size=50_000)
     run_cfg = {"num_steps": warmup + steps, "batch_size": cfg["batch_size"], "val_fraction": 0.0, "eval_interval": 0,
-               "log_interval": 1, "backend": backend, "seed": 0}
+               "log_interval": 1, "backend": backend, "seed": 0, "threads": threads}
     with contextlib.redirect_stdout(io.StringIO()):
         results = train_with_config(model, tokens, run_cfg)
     per_step = [cfg["batch_size"] * cfg["max_seq_len"] / r["tokens_per_second"] for r in results["history"]]
@@ -203,28 +204,33 @@ def torch_step_timing(cfg, steps, warmup=2, compiled=False):
 # ----------------------------------------------------------------------------- threads
 
 
+# label -> (environment, the run's threads): batch shards (nanollm.shards) against one thread whose
+# BLAS or prange kernels use the cores
 THREAD_SETUPS = {
-    "serial kernels, BLAS on every core (default)": {},
-    "serial kernels, BLAS on 1 thread": {"OPENBLAS_NUM_THREADS": "1"},
-    "prange kernels (omp, spinning)": {"NANOLLM_NUMBA_PARALLEL": "1"},
-    "prange kernels (omp, passive wait)": {"NANOLLM_NUMBA_PARALLEL": "1", "OMP_WAIT_POLICY": "passive"},
-    "prange kernels (workqueue)": {"NANOLLM_NUMBA_PARALLEL": "1", "NUMBA_THREADING_LAYER": "workqueue"},
+    "batch shards on every core, BLAS on 1 thread in each (default)": ({}, None),
+    "one thread (threads=1): serial kernels, BLAS on every core": ({}, 1),
+    "one thread, BLAS on 1 thread (OPENBLAS_NUM_THREADS=1)": ({"OPENBLAS_NUM_THREADS": "1"}, 1),
+    "one thread, prange kernels (omp, spinning)": ({"NANOLLM_NUMBA_PARALLEL": "1"}, 1),
+    "one thread, prange kernels (omp, passive wait)": ({"NANOLLM_NUMBA_PARALLEL": "1", "OMP_WAIT_POLICY": "passive"}, 1),
+    "one thread, prange kernels (workqueue)": ({"NANOLLM_NUMBA_PARALLEL": "1", "NUMBA_THREADING_LAYER": "workqueue"}, 1),
 }
 
 
 TORCH_ENGINES = ("pytorch", "pytorch-compile")  # --step-only's names for PyTorch eager and torch.compile
 
 
-def step_figures(engine, config_name, steps, warmup):
-    """One engine's train-step figures in this process, with its peak resident memory so far."""
+def step_figures(engine, config_name, steps, warmup, threads=None):
+    """One engine's train-step figures in this process, with its peak resident memory so far
+    (threads: nanollm's, see train_step_timing)."""
     cfg = CONFIGS[config_name]
     if engine in TORCH_ENGINES:
         figures = torch_step_timing(cfg, steps, warmup, compiled=engine == "pytorch-compile")
         if figures is None:
             raise RuntimeError(PYTORCH_HINT)
     else:
-        figures = train_step_timing(engine, cfg, steps, warmup=warmup)
+        figures = train_step_timing(engine, cfg, steps, warmup=warmup, threads=threads)
     figures["peak_resident_bytes"] = peak_resident_bytes()
+    figures["blas"] = blas_kernels()
     return figures
 
 
@@ -250,14 +256,16 @@ def cpu_times():
     return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
 
 
-def interleaved_rounds(config_name, engines, rounds, steps):
+def interleaved_rounds(config_name, engines, rounds, steps, env=None):
     """Each engine's train step in a fresh process, alternating, ``rounds`` times (the order
     rotates each round so no engine always runs first). Returns {"rounds": [{engine: figures}],
-    "steal": share of CPU time stolen meanwhile (None off Linux), "load": 1-minute load at the end}."""
+    "steal": share of CPU time stolen meanwhile (None off Linux), "load": 1-minute load at the end}.
+    env: environment variables for every engine's process (None unsets a variable)."""
     before, results = cpu_times(), []
     for number in range(rounds):
         order = engines[number % len(engines):] + engines[:number % len(engines)]
-        results.append({engine: run_step_subprocess(engine, config_name, steps, {}, warmup=2) for engine in order})
+        results.append({engine: run_step_subprocess(engine, config_name, steps, env or {}, warmup=2)
+                        for engine in order})
     after = cpu_times()
     steal = None
     if before and after and after[1] > before[1]:
@@ -296,6 +304,9 @@ def report_rounds(config_name, measured, engines, busy=0):
     print(f"interleaved, {config_name}{_beside(busy)}: {len(measured['rounds'])} rounds of fresh processes, tokens/s "
           f"(steal time {steal} of all CPU time meanwhile, load {measured['load']:.2f} at the end):")
     print_table(["round", *engines, *[f"{base} / {e}" for e in others]], rows)
+    kernels = {f[base]["blas"] for f in measured["rounds"] if "blas" in f[base]}
+    if kernels:
+        print(f"  {base}'s BLAS in the rounds: {'; '.join(sorted(kernels))}")
     for engine in engines:
         errors = {f[engine]["error"] for f in measured["rounds"] if "error" in f[engine]}
         for error in errors:
@@ -304,11 +315,13 @@ def report_rounds(config_name, measured, engines, busy=0):
     return {"ratios": ratios, "median_ratios": medians, "peak_resident_bytes": memory}
 
 
-def run_step_subprocess(backend, config_name, steps, env, warmup=0):
-    """step_figures in a fresh interpreter under ``env``: its figures, or {"error": ...}."""
+def run_step_subprocess(backend, config_name, steps, env, warmup=0, threads=None):
+    """step_figures in a fresh interpreter under ``env`` (a variable set to None is unset):
+    its figures, or {"error": ...}."""
     command = [sys.executable, "-m", "nanollm.tools.bench", "--step-only", config_name, "--backends", backend,
-               "--steps", str(steps), "--warmup", str(warmup)]
-    done = subprocess.run(command, env=dict(os.environ, **env), capture_output=True, text=True, check=False)
+               "--steps", str(steps), "--warmup", str(warmup)] + ([] if threads is None else ["--step-threads", str(threads)])
+    environment = {name: value for name, value in {**os.environ, **env}.items() if value is not None}
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
     return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip()[-300:]}
 
 
@@ -322,17 +335,30 @@ def first_step_seconds(backend, config_name):
 
 
 def thread_sharing(config_name, steps):
-    """The numba backend's train step under each THREAD_SETUPS environment, one subprocess each
-    (thread pools are fixed when a process starts); prange kernels compile into a private cache."""
+    """The numba backend's train step under each THREAD_SETUPS environment and threads, one
+    subprocess each (thread pools are fixed when a process starts); prange kernels compile into a
+    private cache."""
     rows = {}
-    for label, env in THREAD_SETUPS.items():
+    for label, (env, threads) in THREAD_SETUPS.items():
         with tempfile.TemporaryDirectory() as cache:
             private = {"NUMBA_CACHE_DIR": cache} if env.get("NANOLLM_NUMBA_PARALLEL") else {}
-            rows[label] = run_step_subprocess("numba", config_name, steps, dict(env, **private))
+            rows[label] = run_step_subprocess("numba", config_name, steps, dict(env, **private), threads=threads)
     return rows
 
 
 # ----------------------------------------------------------------------------- report
+
+
+NATIVE_BLAS = {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}  # --native-blas: both unset
+
+
+def blas_kernels():
+    """What NumPy's BLAS runs here, e.g. "openblas 0.3.31 SkylakeX kernels, 2 threads" (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    found = [f"{info['internal_api']} {info['version']} {info.get('architecture') or ''} kernels, "
+             f"{info['num_threads']} threads" for info in threadpool_info() if info["user_api"] == "blas"]
+    return "; ".join(found) or "unknown"
 
 
 def machine_description():
@@ -379,7 +405,11 @@ def add_arguments(parser):
                         help="run the interleaved rounds and --threads with this many processes spinning beside them")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--native-blas", action="store_true",
+                        help="run the interleaved rounds without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, so OpenBLAS "
+                             "picks its kernels for this CPU (PyTorch's MKL ignores both)")
     parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # run_step_subprocess's mode
+    parser.add_argument("--step-threads", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
     return parser
 
@@ -431,7 +461,7 @@ def main(argv=None, args=None):
     args = parse_args(argv) if args is None else args
     if args.step_only:
         print(json.dumps(step_figures(args.backends[0], args.step_only, steps_for(args, args.step_only),
-                                      args.warmup)))
+                                      args.warmup, threads=args.step_threads)))
         return
     if args.memory_configs:
         from nanollm.tools import memory_bench
@@ -446,6 +476,11 @@ def main(argv=None, args=None):
     results = {"machine": machine_description(), "command": " ".join(["nanollm bench", *argv]),
                "import_seconds": import_seconds()}
     print(f"machine: {results['machine']}")
+    results["blas"] = blas_kernels()
+    forced = {name: os.environ[name] for name in NATIVE_BLAS if name in os.environ}
+    print(f"NumPy's BLAS: {results['blas']}"
+          + (f" ({', '.join(f'{k}={v}' for k, v in forced.items())} chooses them; --native-blas unsets it in the "
+             "interleaved rounds)" if forced else ""))
     print(f"import nanollm: {results['import_seconds']:.2f} s (fresh interpreter; kernels compile on first use)")
     peak = results["sgemm_peak_gflops"] = sgemm_peak()
     print(f"BLAS sgemm peak (float32 np.matmul, this run): {peak:.0f} GFLOP/s\n")
@@ -493,7 +528,8 @@ def main(argv=None, args=None):
         results["interleaved"] = {}
         for config_name in args.configs:
             with busy_processes(args.busy):
-                measured = interleaved_rounds(config_name, engines, args.rounds, steps_for(args, config_name))
+                measured = interleaved_rounds(config_name, engines, args.rounds, steps_for(args, config_name),
+                                              env=NATIVE_BLAS if args.native_blas else None)
             results["interleaved"][config_name] = {**measured, **report_rounds(config_name, measured, engines,
                                                                                args.busy)}
 
