@@ -93,6 +93,16 @@ def _pool(workers):
     return _pools[workers]
 
 
+def _shard(loss_and_backward, inputs, targets, dloss, replica):
+    """One shard's (loss, grads, correct) on its replica, whose caches go at once after: they hold
+    the replica itself (the feed-forward's Linear closes over it), a cycle only the garbage
+    collector would free, steps later (measured: 5 MiB more resident memory a step)."""
+    try:
+        return loss_and_backward(inputs, targets, dloss, model=replica)
+    finally:
+        replica._cache = None
+
+
 def sharded(model, batches, loss_and_backward, dloss, threads, min_tokens=1):
     """Yield (inputs, targets, (loss, grads, correct)) of every shard of every micro-batch in
     ``batches`` [(inputs, targets), ...], in order: micro-batch by micro-batch, each one's rows
@@ -108,10 +118,10 @@ def sharded(model, batches, loss_and_backward, dloss, threads, min_tokens=1):
         parts = [(inputs[rows], targets[rows]) for rows in shard_slices(len(inputs), count)]
         with single_threaded_blas():
             # each worker runs in a copy of this thread's context (numpy's errstate lives there)
-            futures = [_pool(threads - 1).submit(contextvars.copy_context().run, loss_and_backward, *part, dloss,
-                                                 model=model.replica()) for part in parts[1:]]
+            futures = [_pool(threads - 1).submit(contextvars.copy_context().run, _shard, loss_and_backward, *part, dloss,
+                                                 model.replica()) for part in parts[1:]]
             try:
-                yield (*parts[0], loss_and_backward(*parts[0], dloss, model=model.replica()))
+                yield (*parts[0], _shard(loss_and_backward, *parts[0], dloss, model.replica()))
                 for part, future in zip(parts[1:], futures):
                     yield (*part, future.result())
             finally:  # after an error (or an early stop) no shard is left running on the weights
