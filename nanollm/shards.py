@@ -3,11 +3,11 @@ forward and backward running at once on the same weights.
 
 Why: BLAS threads only the big matrix products. The rest of a CPU train step (the per-head
 attention products, each too small for BLAS to thread, and the serial kernels: softmax,
-layernorm, GELU, cross-entropy) ran on one core while OpenBLAS's idle thread spun on the other
-(measured at nanoGPT's CPU config on 2 cores: 1 of 2 cores' worth of CPU time while a (48, 64,
-32) batch of products ran, and 2 shards on 2 threads took half the time with BLAS on one
-thread; BENCHMARKS.md has the step figures). So while shards run, BLAS runs one thread in each
-of them and every kernel runs beside its twin.
+layernorm, GELU, cross-entropy) ran on one core while OpenBLAS's idle thread spun on the other.
+Measured on 2 cores: nanoGPT's 48 per-head (64 x 32) @ (32 x 64) products took 0.12 ms and
+0.24 ms of CPU time; with BLAS on one thread, two threads of 24 took 0.06 ms. So while shards
+run, BLAS runs one thread in each of them and every kernel runs beside its twin
+(BENCHMARKS.md, "Batch shards", has the train steps).
 
 The shards are micro-batches: the step adds each one's gradient, times its counted targets,
 into the gradient buffer in shard order, exactly as gradient accumulation adds micro-batches.
@@ -28,8 +28,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from nanollm.mpi_launch import cores, launched_ranks
 
 # threads=None (auto) keeps at least this many tokens (rows x T) in a shard: below it the threads'
-# hand-offs and their Python, one at a time under the GIL, cost more than the cores give (on 2
-# cores: 128 tokens a shard ran 0.77-1.05x one thread, 384 1.2x, 1024-2048 1.3-1.6x; BENCHMARKS.md)
+# hand-offs and their Python, one at a time under the GIL, cost more than the cores give. Two
+# shards against one thread on 2 cores: 64 tokens a shard 0.83x, 128 0.98-1.04x, 256 1.10x,
+# 384 1.13x, 1024-2048 1.37-1.55x (BENCHMARKS.md, "Batch shards")
 MIN_SHARD_TOKENS = 256
 _pools = {}        # workers -> the ThreadPoolExecutor that runs shards 1 .. workers (shard 0 runs in the caller)
 _blas = []         # threadpoolctl's controller of the loaded BLAS libraries, made on first use

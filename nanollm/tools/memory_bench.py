@@ -8,7 +8,7 @@
 Each engine runs in a fresh process (peak resident memory is a per-process figure): it builds
 GPT-2 small (124M parameters, vocabulary 50,257, context 1024, float32), takes ``--steps``
 AdamW steps on random tokens, and reports the last step's time and the process's peak resident
-set (ru_maxrss), beside the resident set before the model was built (Python and the imports).
+set (VmHWM), beside the resident set before the model was built (Python and the imports).
 PyTorch eager is the same model (nanollm.tools.torch_reference: its default SDPA attention,
 AdamW, clipping). Prints what it measured; asserts nothing.
 """
