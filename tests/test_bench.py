@@ -121,3 +121,36 @@ def test_busy_processes_spin_while_the_block_runs_and_are_gone_after():
     assert all(p.poll() is not None for p in spinners)
     with busy_processes(0) as none:
         assert none == []
+
+
+def test_a_step_subprocess_unsets_variables_given_none_and_passes_the_threads(monkeypatch):
+    """--native-blas unsets OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the rounds' processes;
+    the thread table's setups pass their threads to the step."""
+    import subprocess
+
+    from nanollm.tools import bench
+
+    seen = {}
+
+    def fake_run(command, env, **_):
+        seen.update(command=command, env=env)
+        return subprocess.CompletedProcess(command, 0, stdout='{"tokens_per_second": 1.0}', stderr="")
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    assert bench.run_step_subprocess("auto", "tiny", 2, bench.NATIVE_BLAS, threads=1) == {"tokens_per_second": 1.0}
+    assert "OPENBLAS_CORETYPE" not in seen["env"] and "OPENBLAS_L2_SIZE" not in seen["env"]
+    assert seen["command"][-2:] == ["--step-threads", "1"]
+    bench.run_step_subprocess("auto", "tiny", 2, {})
+    assert seen["env"]["OPENBLAS_CORETYPE"] == "Haswell" and "--step-threads" not in seen["command"]
+    assert all(threads in (None, 1) for _, threads in bench.THREAD_SETUPS.values())
+
+
+def test_step_figures_name_the_blas_kernels_and_take_the_threads(monkeypatch):
+    import nanollm.tools.bench as bench
+
+    built, real = [], bench.train_with_config
+    monkeypatch.setattr(bench, "train_with_config", lambda model, tokens, cfg: built.append(cfg) or real(model, tokens, cfg))
+    figures = bench.step_figures("auto", "tiny", steps=1, warmup=0, threads=2)
+    assert built[0]["threads"] == 2
+    assert "threads" in figures["blas"] and figures["peak_resident_bytes"] > 0
