@@ -237,7 +237,7 @@ def cmd_info(args):
                                  optimizer=cfg["optimizer"], momentum=cfg["momentum"], dtype=cfg["dtype"],
                                  grad_accum_steps=cfg["grad_accum_steps"],
                                  activation_checkpointing=cfg["activation_checkpointing"],
-                                 fused_attention=cfg["fused_attention"])
+                                 fused_attention=cfg["fused_attention"], batch_shards=_batch_shards(cfg, model_config))
     if args.json:
         print(json.dumps(description, indent=2))
     else:
@@ -246,6 +246,17 @@ def cmd_info(args):
             print(f"(vocab_size not set: assuming {INFO_VOCAB_SIZE}; give --vocab_size=N)")
         print(format_description(description))
     return 0
+
+
+def _batch_shards(cfg, model_config):
+    """The shards a training step of this config splits its micro-batches into here (nanollm.shards):
+    its threads on this machine's cores, 1 with dropout (also LoRA's) or on the GPU."""
+    from nanollm import shards
+
+    lora = model_config.get("lora") or ({"dropout": cfg["lora_dropout"]} if cfg["lora_rank"] else None)
+    draws = (model_config.get("dropout") or 0.0) > 0 or bool(lora and lora["dropout"] > 0)
+    threads, min_tokens = shards.planned(cfg["threads"], draws, on_gpu=cfg["backend"] == "cupy")
+    return shards.shard_count(cfg["batch_size"], cfg["max_seq_len"], threads, min_tokens)
 
 
 INFO_VOCAB_SIZE = 256  # what `info` assumes for a config without vocab_size (a byte-level vocabulary)

@@ -147,7 +147,7 @@ def activation_terms(model_config, batch_size, seq_len=None, dtype=None, checkpo
 
 
 def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", momentum=0.0, dtype=None,
-                   grad_accum_steps=1, activation_checkpointing=False, fused_attention=False):
+                   grad_accum_steps=1, activation_checkpointing=False, fused_attention=False, batch_shards=1):
     """Architecture, parameters, FLOPs and training memory of a model config, as a plain dict.
 
     model_config: a model-config dict (``model.config``, a checkpoint's model config, or part of
@@ -167,13 +167,15 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
     "activations", "total"}: the same step with it the other way round.
 
     Gradients are one parameter-sized set, two with grad_accum_steps > 1 (the running sum and
-    the micro-batch's own, nanollm.train); the optimizer state is
+    the micro-batch's own, nanollm.train), and one more with batch_shards > 1 (each shard's own
+    until it is added, nanollm.shards); the optimizer state is
     ``optimizer_state_per_element`` parameter-sized arrays per parameter, in dtype.
     """
     cfg = _complete(model_config)
     t = cfg["max_seq_len"] if seq_len is None else seq_len
     dtype = cfg["dtype"] if dtype is None else str(dtype)
-    for name, value in (("batch_size", batch_size), ("seq_len", t), ("grad_accum_steps", grad_accum_steps)):
+    for name, value in (("batch_size", batch_size), ("seq_len", t), ("grad_accum_steps", grad_accum_steps),
+                        ("batch_shards", batch_shards)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if t > cfg["max_seq_len"]:
@@ -193,7 +195,7 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
                                    fused_attention=fused_attention)
     memory = {
         "parameters": total * s,
-        "gradients": total * s * (2 if grad_accum_steps > 1 else 1),
+        "gradients": total * s * (1 + (grad_accum_steps > 1) + (batch_shards > 1)),
         "optimizer_state": state_elements * s,
         "activations": sum(activations.values()),
     }
@@ -213,7 +215,8 @@ def describe_model(model_config, batch_size, seq_len=None, optimizer="adamw", mo
         "tokens_per_step": tokens_per_step,
         "flops_per_step": training * tokens_per_step,
         "assumptions": {"batch_size": batch_size, "seq_len": t, "dtype": dtype, "optimizer": optimizer,
-                        "momentum": float(momentum), "grad_accum_steps": grad_accum_steps},
+                        "momentum": float(momentum), "grad_accum_steps": grad_accum_steps,
+                        "batch_shards": batch_shards},
         "memory_bytes": memory,
         "activation_bytes": activations,
         "activation_checkpointing": bool(activation_checkpointing),
@@ -293,7 +296,10 @@ def format_description(description):
     per_parameter = (f"{state} value{'s' if state != 1 else ''} per parameter" if a["optimizer"] != "muon" else
                      "1 value per Muon matrix parameter, 2 per AdamW one")
     acts = d["activation_bytes"]
-    grads_note = " (running sum + micro-batch)" if a["grad_accum_steps"] > 1 else ""
+    sets = ["running sum + micro-batch"] if a["grad_accum_steps"] > 1 else []
+    if a.get("batch_shards", 1) > 1:
+        sets.append(f"+ 1 set: {a['batch_shards']} batch shards' own; threads=1 runs one")
+    grads_note = f" ({', '.join(sets)})" if sets else ""
     micro = f"{a['grad_accum_steps']} micro-batch{'es' if a['grad_accum_steps'] > 1 else ''} per step"
     lines += ["",
               f"training memory estimate: batch {a['batch_size']} x seq_len {a['seq_len']}, {a['dtype']}, "

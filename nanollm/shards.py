@@ -50,11 +50,16 @@ def draws_random_numbers(model):
 
 
 def step_threads(requested, model, xp):
-    """(threads, min_tokens): the threads a training step shards its micro-batches over, and the
-    fewest tokens a shard may have. requested: the run's ``threads`` (None: auto_threads(), and
+    """(threads, min_tokens): the threads a training step of ``model`` on arrays of ``xp``
+    shards its micro-batches over, and the fewest tokens a shard may have (see planned)."""
+    return planned(requested, draws_random_numbers(model), on_gpu=xp.__name__ != "numpy")
+
+
+def planned(requested, draws_random, on_gpu=False):
+    """(threads, min_tokens) of a run: requested is its ``threads`` (None: auto_threads(), and
     shards of at least MIN_SHARD_TOKENS; a number: that many, whatever the size). One thread
-    where shards cannot run: a GPU's arrays, a model that draws dropout masks."""
-    if xp.__name__ != "numpy" or draws_random_numbers(model):
+    where shards cannot run: on a GPU, or for a model that draws dropout masks."""
+    if on_gpu or draws_random:
         return 1, 1
     if requested is None:
         return auto_threads(), MIN_SHARD_TOKENS

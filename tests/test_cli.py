@@ -139,6 +139,20 @@ def test_info_on_presets_and_config_files(tmp_path):
     assert tomllib.loads((tmp_path / "model.toml").read_text())["embedding_dim"] == 48
 
 
+def test_info_counts_the_batch_shards_this_machine_would_run(tmp_path, monkeypatch):
+    """GPT-2 124M at B=4, T=1024: 2 shards on 2 threads (4,096 tokens), none with threads=1 or
+    dropout, and none where a shard would keep fewer than 256 tokens."""
+    def shards(*options):
+        return json.loads(nanollm("info", "--preset", "gpt2-124m", "--json", *options, cwd=tmp_path).stdout)[
+            "assumptions"]["batch_shards"]
+
+    assert shards("--batch_size=4", "--threads=2") == 2
+    assert shards("--batch_size=4", "--threads=1") == 1
+    assert shards("--batch_size=4", "--threads=2", "--dropout=0.1") == 1
+    assert shards("--batch_size=4", "--threads=2", "--lora_rank=4", "--lora_dropout=0.1") == 1
+    assert shards("--batch_size=2", "--max_seq_len=64") == 1  # auto: 64 tokens a shard would lose
+
+
 def test_plot_writes_a_png(trained):
     folder, _ = trained
     done = nanollm("plot", "run", cwd=folder)

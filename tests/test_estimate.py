@@ -95,6 +95,16 @@ def test_flops_agree_with_the_model():
     assert flops_per_token(model.config) == model.flops_per_token()
 
 
+def test_batch_shards_count_one_more_set_of_gradients():
+    one = describe_model(SMALL, batch_size=4)
+    two = describe_model(SMALL, batch_size=4, batch_shards=2)
+    assert two["memory_bytes"]["gradients"] == 2 * one["memory_bytes"]["gradients"]
+    assert two["memory_bytes"]["total"] - one["memory_bytes"]["total"] == one["memory_bytes"]["gradients"]
+    assert "2 batch shards' own" in format_description(two) and "batch shards" not in format_description(one)
+    with pytest.raises(ValueError, match="batch_shards must be an integer >= 1"):
+        describe_model(SMALL, batch_size=4, batch_shards=0)
+
+
 def test_partial_configs_take_the_model_defaults_and_its_validation():
     partial = {"vocab_size": 10, "embedding_dim": 32, "num_heads": 8, "ffn_hidden_dim": None, "num_kv_heads": None}
     complete = complete_model_config(partial)
