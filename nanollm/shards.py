@@ -72,6 +72,11 @@ def shard_count(rows, time, threads, min_tokens=1):
     return max(1, min(threads, rows, rows * time // min_tokens))
 
 
+def splits(batches, threads, min_tokens=1):
+    """Whether any micro-batch of ``batches`` [(inputs, targets), ...] runs as more than one shard."""
+    return threads > 1 and any(shard_count(*inputs.shape, threads, min_tokens) > 1 for inputs, _ in batches)
+
+
 def shard_slices(rows, count):
     """Row slices of ``rows`` rows into min(count, rows) shards whose sizes differ by at most one,
     the larger first (as numpy.array_split): 12 rows in 2 -> [0:6], [6:12]."""
@@ -91,6 +96,29 @@ def single_threaded_blas():
 
         _blas.append(ThreadpoolController().select(user_api="blas"))
     return _blas[0].limit(limits=1)
+
+
+def balanced_groups(sizes, count):
+    """Names of ``sizes`` {name: size} in ``count`` groups of about equal total size (each name,
+    largest first, to the lightest group so far; ties to the first): the same groups every time."""
+    groups, totals = [[] for _ in range(count)], [0] * count
+    for name in sorted(sizes, key=lambda n: -sizes[n]):
+        lightest = totals.index(min(totals))
+        groups[lightest].append(name)
+        totals[lightest] += sizes[name]
+    return [group for group in groups if group]
+
+
+def run_groups(function, groups):
+    """function(group) for every group at once: the first in the calling thread, the rest on the
+    pool; returns when all are done (raising the first error)."""
+    futures = [_pool(len(groups) - 1).submit(contextvars.copy_context().run, function, group) for group in groups[1:]]
+    try:
+        function(groups[0])
+    finally:
+        wait(futures)
+    for future in futures:
+        future.result()
 
 
 def _pool(workers):

@@ -76,11 +76,17 @@ class TrainingStep:
     def __call__(self, index, batches, lr):
         """Train on ``batches`` [(inputs, targets), ...] (host ids, (b, T) each) as 0-based step
         ``index`` at learning rate lr: (loss, gradient norm, windows of every rank)."""
-        loss, grad_sums, grad_factor, windows = self.accumulate(batches, self.loss_and_backward, threads=self.threads)
-        grad_norm, grad_scale = self.guard(index, loss, grad_sums, grad_factor)
-        self.update(grad_sums, lr, grad_scale)
-        if self.hessian_interval is not None and (index + 1) % self.hessian_interval == 0:
-            self.estimate_hessian(index, batches)
+        # With shards, BLAS keeps one thread the whole step and the updates run on the shards'
+        # threads too: OpenBLAS's own threads, woken by a product outside the shards (Muon's),
+        # spin on the cores for about 0.1 s after it, which the next step's shards need.
+        together = shards.splits(batches, self.threads, self.min_shard_tokens)
+        with shards.single_threaded_blas() if together else nullcontext():
+            loss, grad_sums, grad_factor, windows = self.accumulate(batches, self.loss_and_backward,
+                                                                    threads=self.threads)
+            grad_norm, grad_scale = self.guard(index, loss, grad_sums, grad_factor)
+            self.update(grad_sums, lr, grad_scale, threads=self.threads if together else 1)
+            if self.hessian_interval is not None and (index + 1) % self.hessian_interval == 0:
+                self.estimate_hessian(index, batches)
         return loss, grad_norm, windows
 
     def loss_and_backward(self, inputs, targets, dloss, model=None):
@@ -161,13 +167,22 @@ class TrainingStep:
         grad_scale = xp.where(skip, 0.0, scale).astype(self.model.params["wte"].dtype)  # the master weights' dtype
         return norm, grad_scale
 
-    def update(self, grads, lr, grad_scale):
-        """Every trainable parameter's rule on its gradient times grad_scale (0: no change)."""
+    def update(self, grads, lr, grad_scale, threads=1):
+        """Every trainable parameter's rule on its gradient times grad_scale (0: no change).
+        threads > 1: the parameters split into that many groups of about equal size, updated at
+        once (each parameter's update is its own: the same results as one thread)."""
         weight_decay = self.cfg["weight_decay"]
         tokens = self.buffer.targets()  # the step's counted targets: Sophia's bs
-        for name, grad in grads.items():
-            apply_update(self.rules[name], self.model.params[name], grad, self.states[name], lr,
-                         weight_decay if self.decay[name] else 0.0, grad_scale, tokens)
+
+        def update_all(names):
+            for name in names:
+                apply_update(self.rules[name], self.model.params[name], grads[name], self.states[name], lr,
+                             weight_decay if self.decay[name] else 0.0, grad_scale, tokens)
+
+        if threads > 1:
+            shards.run_groups(update_all, shards.balanced_groups({name: g.size for name, g in grads.items()}, threads))
+        else:
+            update_all(list(grads))
 
     def estimate_hessian(self, index, batches):
         """Sophia's Gauss-Newton-Bartlett estimate after 0-based step ``index``, on the step's own

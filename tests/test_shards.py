@@ -205,3 +205,41 @@ def test_a_steps_replicas_and_their_caches_are_freed_at_once(monkeypatch):
         assert len(made) == 2 and all(ref() is None for ref in made)
     finally:
         gc.enable()
+
+
+def test_balanced_groups_split_by_size_the_same_way_every_time():
+    sizes = {"a": 10, "b": 7, "c": 5, "d": 3, "e": 1}
+    assert shards.balanced_groups(sizes, 2) == [["a", "d"], ["b", "c", "e"]]
+    assert shards.balanced_groups({"only": 4}, 2) == [["only"]]
+    assert shards.balanced_groups(sizes, 1) == [["a", "b", "c", "d", "e"]]
+
+
+def test_run_groups_runs_every_group_and_raises_a_workers_error():
+    done = []
+    shards.run_groups(done.extend, [["a"], ["b", "c"]])
+    assert sorted(done) == ["a", "b", "c"]
+
+    def fail_on_b(group):
+        if "b" in group:
+            raise ValueError("group b failed")
+
+    with pytest.raises(ValueError, match="group b failed"):
+        shards.run_groups(fail_on_b, [["a"], ["b"]])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "sgd"])
+def test_updates_on_the_shards_threads_equal_one_threads_bit_for_bit(optimizer):
+    """Each parameter's update is its own: split over threads, the same bits (Muon's products on
+    one BLAS thread in either case here)."""
+    model = small_model(dtype="float32")
+    step = TrainingStep(model, resolve({"threads": 2, "optimizer": optimizer}))
+    grads = {name: np.random.default_rng(len(name)).standard_normal(p.shape).astype(p.dtype)
+             for name, p in model.params.items()}
+    twin = small_model(dtype="float32")
+    twin_step = TrainingStep(twin, resolve({"threads": 2, "optimizer": optimizer}))
+    scale = np.asarray(0.5, dtype=np.float32)
+    with shards.single_threaded_blas():
+        step.update(grads, 1e-2, scale, threads=2)
+        twin_step.update(grads, 1e-2, scale, threads=1)
+    for name, p in model.params.items():
+        assert np.array_equal(p, twin.params[name]), name
