@@ -112,6 +112,8 @@ def balanced_groups(sizes, count):
 def run_groups(function, groups):
     """function(group) for every group at once: the first in the calling thread, the rest on the
     pool; returns when all are done (raising the first error)."""
+    if len(groups) < 2:  # one group (or none): nothing to share
+        return function(groups[0]) if groups else None
     futures = [_pool(len(groups) - 1).submit(contextvars.copy_context().run, function, group) for group in groups[1:]]
     try:
         function(groups[0])

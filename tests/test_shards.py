@@ -218,6 +218,9 @@ def test_run_groups_runs_every_group_and_raises_a_workers_error():
     done = []
     shards.run_groups(done.extend, [["a"], ["b", "c"]])
     assert sorted(done) == ["a", "b", "c"]
+    shards.run_groups(done.extend, [["d"]])  # one group: in this thread, no pool of 0 workers
+    shards.run_groups(done.extend, [])
+    assert done[-1] == "d"
 
     def fail_on_b(group):
         if "b" in group:
