@@ -6,15 +6,16 @@ paper estimate of the efficiency on more machines over Ethernet.
                                            [--data ../shared/data/tinyshakespeare.txt] [--machines 8]
                                            [--gbits 10]
 
-Three setups, one process group each, one after the other (never two at once):
-    1 rank,  BLAS threads on every core   what one process does today
-    1 rank,  1 BLAS thread                the baseline of the parallel efficiency
-    2 ranks, 1 BLAS thread each           mpiexec -n 2 (needs the [mpi] extra)
+Four setups, one process group each, one after the other (never two at once):
+    1 rank,  batch shards on every core   what one process does by default (nanollm.shards)
+    1 rank,  one thread, BLAS on every core   threads=1: BLAS's threads alone
+    1 rank,  one thread, 1 BLAS thread    the baseline of the parallel efficiency
+    2 ranks, one thread each              mpiexec -n 2 (needs the [mpi] extra)
 Each rank trains --batch-size windows a step (so 2 ranks do twice the tokens of a step) with the
 preset's recipe, after a few untimed steps (compilation). Efficiency = tokens/s of N ranks /
 (N x tokens/s of 1 rank on 1 thread).
 
-The estimate for M machines assumes each trains like this one (the 1-rank, all-cores step) and
+The estimate for M machines assumes each trains like this one (the 1-rank default step) and
 sums gradients with a ring Allreduce, which sends 2 (M - 1) / M times the gradient bytes per
 machine at the link's rate, plus 2 (M - 1) message latencies; this engine does not overlap the
 exchange with the backward, so a step takes compute + exchange.
@@ -42,10 +43,11 @@ from nanollm.step import GradientBuffer
 from nanollm.tokenizers import CharTokenizer
 from nanollm.train import train_with_config
 
-SETUPS = (  # (label, ranks, BLAS threads per rank or None for the library's default)
-    ("1 rank, BLAS on every core", 1, None),
-    ("1 rank, 1 BLAS thread", 1, 1),
-    ("2 ranks, 1 BLAS thread each", 2, 1),
+SETUPS = (  # (label, ranks, BLAS threads per rank or None for the library's default, the run's threads)
+    ("1 rank, batch shards on every core", 1, None, None),
+    ("1 rank, one thread, BLAS on every core", 1, None, 1),
+    ("1 rank, one thread, 1 BLAS thread", 1, 1, 1),
+    ("2 ranks, 1 BLAS thread each", 2, 1, 1),
 )
 WARMUP_STEPS = 3
 LATENCY_SECONDS = 50e-6  # one message over TCP on Ethernet, a typical figure
@@ -62,7 +64,7 @@ def worker(args):
     tokenizer = CharTokenizer().build_vocab(text=text)
     ids = np.asarray(tokenizer.encode(text), dtype=np.int32)
     cfg = resolve({"batch_size": args.batch_size, "log_interval": 0, "eval_interval": 0, "val_fraction": 0.0,
-                   "param_check_interval": 0, "sample_interval": 0}, preset=args.preset)
+                   "param_check_interval": 0, "sample_interval": 0, "threads": args.threads}, preset=args.preset)
     model = build_training_model(cfg, tokenizer.vocab_size)
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the training's own log lines
         train_with_config(model, ids, dict(cfg, num_steps=WARMUP_STEPS), communicator=comm)
@@ -86,10 +88,13 @@ def worker(args):
 # ----------------------------------------------------------------------------- the comparison
 
 
-def run_setup(args, ranks, threads):
-    """One setup's figures, from a fresh process group, or {"error": ...}."""
+def run_setup(args, ranks, threads, shard_threads=None):
+    """One setup's figures, from a fresh process group, or {"error": ...}. threads: BLAS's per
+    rank (None: the library's default); shard_threads: the run's ``threads`` (None: auto)."""
     command = [sys.executable, "-m", "nanollm.tools.parallel_bench", "--worker", "--preset", args.preset,
                "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+    if shard_threads is not None:
+        command += ["--threads", str(shard_threads)]
     if args.data:
         command += ["--data", str(args.data)]
     env = {k: v for k, v in os.environ.items() if k != mpi_launch.SWITCH and k not in mpi_launch.THREAD_VARIABLES}
@@ -132,6 +137,7 @@ def main(argv=None):
     parser.add_argument("--gbits", type=float, default=10.0, help="their link in Gb/s (default 10)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)  # a worker's run's threads
     args = parser.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = resolve({}, preset=args.preset)["batch_size"]
@@ -147,8 +153,8 @@ def main(argv=None):
     print(f"data parallel on this machine ({os.cpu_count()} cores): preset {args.preset}, {args.batch_size} "
           f"windows per rank per step, {args.steps} timed steps per setup")
     rows, figures = [], {}
-    for label, ranks, threads in SETUPS:
-        found = figures[label] = run_setup(args, ranks, threads)
+    for label, ranks, threads, shard_threads in SETUPS:
+        found = figures[label] = run_setup(args, ranks, threads, shard_threads)
         if "error" in found:
             rows.append([label, "failed: " + found["error"].splitlines()[-1][:80]])
             continue
@@ -160,14 +166,14 @@ def main(argv=None):
     for row in [header, *rows]:
         print("  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths))))
 
-    alone, baseline, pair = (figures[label] for label, _, _ in SETUPS)
+    alone, blas_alone, baseline, pair = (figures[label] for label, *_ in SETUPS)
     if "error" not in baseline and "error" not in pair:
         efficiency = pair["tokens_per_second"] / (2 * baseline["tokens_per_second"])
         figures["parallel_efficiency"] = efficiency
         print(f"parallel efficiency, 2 ranks against 1 rank on 1 thread: {efficiency:.0%}")
-        if "error" not in alone:
-            print(f"2 ranks against 1 rank with BLAS on every core: "
-                  f"{pair['tokens_per_second'] / alone['tokens_per_second']:.2f}x the tokens/s")
+        for label, one in ((SETUPS[0][0], alone), (SETUPS[1][0], blas_alone)):
+            if "error" not in one:
+                print(f"2 ranks against {label}: {pair['tokens_per_second'] / one['tokens_per_second']:.2f}x the tokens/s")
     if "error" not in alone:
         gradient_bytes, step = alone["gradient_bytes"], alone["step_ms"] / 1e3
         paper = figures["estimate"] = estimate(step, gradient_bytes, args.machines, args.gbits)
