@@ -7,10 +7,10 @@ paper estimate of the efficiency on more machines over Ethernet.
                                            [--gbits 10]
 
 Four setups, one process group each, one after the other (never two at once):
-    1 rank,  batch shards on every core   what one process does by default (nanollm.shards)
-    1 rank,  one thread, BLAS on every core   threads=1: BLAS's threads alone
-    1 rank,  one thread, 1 BLAS thread    the baseline of the parallel efficiency
-    2 ranks, one thread each              mpiexec -n 2 (needs the [mpi] extra)
+    1 rank,  batch shards on every core        what one process does by default (nanollm.shards)
+    1 rank,  one thread, BLAS on every core    threads=1: BLAS's threads alone
+    1 rank,  one thread, 1 BLAS thread         the baseline of the parallel efficiency
+    2 ranks, one thread each                   mpiexec -n 2 (needs the [mpi] extra)
 Each rank trains --batch-size windows a step (so 2 ranks do twice the tokens of a step) with the
 preset's recipe, after a few untimed steps (compilation). Efficiency = tokens/s of N ranks /
 (N x tokens/s of 1 rank on 1 thread).
