@@ -254,7 +254,7 @@ def _batch_shards(cfg, model_config):
     from nanollm import shards
 
     lora = model_config.get("lora") or ({"dropout": cfg["lora_dropout"]} if cfg["lora_rank"] else None)
-    draws = (model_config.get("dropout") or 0.0) > 0 or bool(lora and lora["dropout"] > 0)
+    draws = shards.draws_random_numbers({**model_config, "lora": lora})
     threads, min_tokens = shards.planned(cfg["threads"], draws, on_gpu=cfg["backend"] == "cupy")
     return shards.shard_count(cfg["batch_size"], cfg["max_seq_len"], threads, min_tokens)
 

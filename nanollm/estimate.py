@@ -297,7 +297,7 @@ def format_description(description):
                      "1 value per Muon matrix parameter, 2 per AdamW one")
     acts = d["activation_bytes"]
     sets = ["running sum + micro-batch"] if a["grad_accum_steps"] > 1 else []
-    if a.get("batch_shards", 1) > 1:
+    if a["batch_shards"] > 1:
         sets.append(f"+ 1 set: {a['batch_shards']} batch shards' own; threads=1 runs one")
     grads_note = f" ({', '.join(sets)})" if sets else ""
     micro = f"{a['grad_accum_steps']} micro-batch{'es' if a['grad_accum_steps'] > 1 else ''} per step"

@@ -42,17 +42,18 @@ def auto_threads():
     return max(1, cores() // launched_ranks()[2])
 
 
-def draws_random_numbers(model):
-    """Whether a training forward of ``model`` draws from its dropout generator (dropout on the
-    activations or on LoRA's adapter inputs)."""
-    lora_dropout = model.lora["dropout"] if model.lora else 0.0
-    return model.dropout > 0 or lora_dropout > 0
+def draws_random_numbers(model_config):
+    """Whether a training forward of a model of ``model_config`` (``model.config``: its dropout,
+    and its lora settings or None) draws from the dropout generator: dropout on the activations
+    or on LoRA's adapter inputs."""
+    lora = model_config.get("lora") or {}
+    return (model_config.get("dropout") or 0.0) > 0 or lora.get("dropout", 0.0) > 0
 
 
 def step_threads(requested, model, xp):
     """(threads, min_tokens): the threads a training step of ``model`` on arrays of ``xp``
     shards its micro-batches over, and the fewest tokens a shard may have (see planned)."""
-    return planned(requested, draws_random_numbers(model), on_gpu=xp.__name__ != "numpy")
+    return planned(requested, draws_random_numbers(model.config), on_gpu=xp.__name__ != "numpy")
 
 
 def planned(requested, draws_random, on_gpu=False):

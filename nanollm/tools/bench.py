@@ -479,7 +479,7 @@ def main(argv=None, args=None):
     results["blas"] = blas_kernels()
     forced = {name: os.environ[name] for name in NATIVE_BLAS if name in os.environ}
     print(f"NumPy's BLAS: {results['blas']}"
-          + (f" ({', '.join(f'{k}={v}' for k, v in forced.items())} chooses them; --native-blas unsets it in the "
+          + (f" ({', '.join(f'{k}={v}' for k, v in forced.items())} chooses them; --native-blas unsets them in the "
              "interleaved rounds)" if forced else ""))
     print(f"import nanollm: {results['import_seconds']:.2f} s (fresh interpreter; kernels compile on first use)")
     peak = results["sgemm_peak_gflops"] = sgemm_peak()
