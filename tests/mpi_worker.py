@@ -5,7 +5,8 @@ writes what it found as JSON.
 
 equivalence  2 ranks x batch B (x accumulation) against 1 rank x batch B x accumulation 2N over
              the same windows (epoch order), float64, loss-masked targets, both architectures,
-             and LoRA adapters on a frozen Llama
+             and LoRA adapters on a frozen Llama; and 2 ranks each running 2 batch shards
+             (threads=2) against the 1 rank on one thread
 resume       an interrupted 2-rank run (dropout on, random windows) resumed from its checkpoint
              ends bit for bit where the uninterrupted one does; only rank 0 wrote files
 half         float16 (float32 master weights, dynamic loss scaling) on 2 ranks against 1 rank
@@ -56,14 +57,16 @@ def equivalence(comm, out):
     cases = (("gpt2", "gpt2", 4, 1, {}, 3000), ("llama", "llama", 2, 2, {}, 3000),
              # ten steps: adapters start from B = 0, and Adam turns the rounding of their near-zero
              # first gradients into differences that grow chaotically over a longer run
-             ("llama_lora", "llama", 4, 1, LORA, 10 * 8 * 16 + 2))
+             ("llama_lora", "llama", 4, 1, LORA, 10 * 8 * 16 + 2),
+             ("gpt2_shards", "gpt2", 4, 1, {"threads": 2}, 3000))
     for case, architecture, batch, accumulation, extra, tokens in cases:
         cfg = dict(BASE, batch_size=batch, epochs=1, **extra)
         together = tiny_model(architecture)
         shared = train_with_config(together, masked_data(tokens), dict(cfg, grad_accum_steps=accumulation))
         if comm.is_root:  # the same windows, one process: accumulation over every rank's micro-batches
             alone = tiny_model(architecture)
-            single = train_with_config(alone, masked_data(tokens), dict(cfg, grad_accum_steps=accumulation * comm.size),
+            single = train_with_config(alone, masked_data(tokens), dict(cfg, grad_accum_steps=accumulation * comm.size,
+                                                                        threads=1),
                                        communicator=distributed.SingleProcess())
             found[case] = {
                 "relative_error": relative_error(alone.params, together.params),

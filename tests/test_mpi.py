@@ -42,7 +42,7 @@ def run_scenario(name, tmp_path):
 def test_two_ranks_equal_one_rank_accumulating_the_same_windows(tmp_path):
     done, found = run_scenario("equivalence", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    for architecture in ("gpt2", "llama", "llama_lora"):
+    for architecture in ("gpt2", "llama", "llama_lora", "gpt2_shards"):
         case = found[architecture]
         assert case["ranks"] == 2
         assert case["steps"][0] == case["steps"][1] >= 10
